@@ -1,0 +1,3 @@
+"""lbk: continuous data protection from the command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from lbk.cli.main import main
+
+main()

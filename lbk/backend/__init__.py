@@ -1,0 +1,1 @@
+"""Storage backends: bytes by name. See base.py for the contract."""

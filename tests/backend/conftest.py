@@ -1,0 +1,31 @@
+"""Backend fixtures. Every name in BACKENDS runs the whole contract suite.
+
+A new backend adds one entry here (a fixture that yields a fresh, *uncreated* backend)
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lbk.backend.local import LocalBackend
+from lbk.backend.mem import MemoryBackend
+
+BACKENDS = ["mem", "local"]
+
+
+@pytest.fixture
+def mem_backend():
+    yield MemoryBackend()
+
+
+@pytest.fixture
+def local_backend(tmp_path):
+    yield LocalBackend(str(tmp_path / "repo"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    b = request.getfixturevalue(f"{request.param}_backend")
+    yield b
+    b.close()
