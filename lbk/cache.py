@@ -1,0 +1,73 @@
+"""The local cache: an accelerator only. Deleting it never changes a result.
+
+Per repository id, under the cache dir (created 0700, files 0600):
+
+    <cache>/<repo id>/files      metadata of files seen by the last backups, so unchanged
+                                 files (same size, mtime, ctime, inode) are not re-read
+
+The files cache is a ``marshal``-encoded dict ``{path bytes: (size, mtime_ns, ctime_ns,
+inode, content ids joined)}`` written atomically. Entries are trusted only if every
+content id is still in the repository index.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import secrets
+
+import platformdirs
+
+CACHEDIR_TAG = (
+    b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    b"# This file is a cache directory tag created by lbk.\n"
+)
+FILES_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("LBK_CACHE_DIR") or platformdirs.user_cache_dir("lbk")
+
+
+def private_dir(path: str) -> str:
+    """Create ``path`` (and parents) with mode 0700 and return it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Atomically write a 0600 file."""
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Cache:
+    def __init__(self, root: str, repo_id: str):
+        self.root = private_dir(os.path.abspath(root))
+        tag = os.path.join(self.root, "CACHEDIR.TAG")
+        if not os.path.exists(tag):
+            write_private(tag, CACHEDIR_TAG)
+        self.dir = private_dir(os.path.join(self.root, repo_id))
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def load_files(self) -> dict[bytes, tuple]:
+        try:
+            with open(self.path("files"), "rb") as f:
+                version, entries = marshal.load(f)
+            if version != FILES_VERSION or not isinstance(entries, dict):
+                return {}
+            return entries
+        except (OSError, ValueError, EOFError, TypeError):
+            return {}
+
+    def save_files(self, entries: dict[bytes, tuple]) -> None:
+        write_private(self.path("files"), marshal.dumps((FILES_VERSION, entries)))

@@ -1,0 +1,156 @@
+"""What every command needs from the global options: the repository, the password,
+the cache and the output. Built once per invocation from options, env and config file.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+
+import platformdirs
+
+from lbk.backend.registry import open_backend
+from lbk.cache import Cache, default_cache_dir
+from lbk.cli.output import Output
+from lbk.errors import NoRepositoryConfigured, PasswordError, UsageError
+from lbk.repo.repository import Repository
+
+
+def config_path() -> str:
+    return os.path.join(platformdirs.user_config_dir("lbk"), "config.toml")
+
+
+def default_repository_path() -> str:
+    return os.path.join(platformdirs.user_data_dir("lbk"), "repository")
+
+
+def read_user_config() -> dict:
+    try:
+        with open(config_path(), "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read {config_path()}: {e}") from None
+
+
+def write_user_config_value(key: str, value: str) -> None:
+    """Set one top-level string key in config.toml, keeping the other lines."""
+    path = config_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lines = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f.read().splitlines() if not ln.strip().startswith(f"{key} ") and not ln.strip().startswith(f"{key}=")]
+    except FileNotFoundError:
+        pass
+    esc = value.replace("\\", "\\\\").replace('"', '\\"')
+    lines.insert(0, f'{key} = "{esc}"')
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+@dataclass
+class Settings:
+    repo: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+    cache_dir: str | None = None
+    no_cache: bool = False
+    json: bool = False
+    quiet: bool = False
+    verbose: int = 0
+    limit_upload: int | None = None
+    limit_download: int | None = None
+    _password: bytes | None = field(default=None, repr=False)
+
+    @property
+    def out(self) -> Output:
+        o = getattr(self, "_out", None)
+        if o is None or (o.json, o.quiet, o.verbose) != (self.json, self.quiet, self.verbose):
+            o = Output(self.json, self.quiet, self.verbose)
+            self._out = o
+        return o
+
+    # -- repository ----------------------------------------------------------
+    def repository_url(self) -> str:
+        if self.repo:
+            return self.repo
+        cfg = read_user_config()
+        url = cfg.get("repository")
+        if not url:
+            raise NoRepositoryConfigured(
+                "no repository given: use --repo URL, set LBK_REPOSITORY, "
+                f"or run 'lbk init' to create the default one (recorded in {config_path()})"
+            )
+        return str(url)
+
+    def open_repo(self) -> Repository:
+        backend = open_backend(self.repository_url())
+        return Repository.open(backend, self.password)
+
+    def cache(self, repo: Repository) -> Cache | None:
+        if self.no_cache:
+            return None
+        try:
+            return Cache(self.cache_dir or default_cache_dir(), repo.id)
+        except OSError as e:
+            self.out.warn(f"cache disabled: {e.strerror}")
+            return None
+
+    # -- passwords -------------------------------------------------------------
+    def password(self) -> bytes:
+        if self._password is None:
+            self._password = self._read_password()
+        return self._password
+
+    def _read_password(self) -> bytes:
+        if self.password_file:
+            try:
+                with open(os.path.expanduser(self.password_file), "rb") as f:
+                    return f.read().rstrip(b"\r\n")
+            except OSError as e:
+                raise PasswordError(f"cannot read password file {self.password_file}: {e.strerror}") from None
+        if self.password_command:
+            return run_password_command(self.password_command)
+        env = os.environ.get("LBK_PASSWORD")
+        if env is not None:
+            return os.fsencode(env)
+        if sys.stdin.isatty():
+            return os.fsencode(getpass.getpass("enter password for repository: "))
+        raise PasswordError("no password: use --password-file, --password-command or LBK_PASSWORD (or run on a terminal)")
+
+    def new_password(self, new_password_file: str | None = None, what: str = "new password") -> bytes:
+        """A password for a new key: from a file, else asked twice on a TTY, else the repo password source."""
+        if new_password_file:
+            try:
+                with open(os.path.expanduser(new_password_file), "rb") as f:
+                    pw = f.read().rstrip(b"\r\n")
+            except OSError as e:
+                raise PasswordError(f"cannot read {new_password_file}: {e.strerror}") from None
+        elif sys.stdin.isatty() and not (self.password_file or self.password_command or "LBK_PASSWORD" in os.environ):
+            a = getpass.getpass(f"enter {what}: ")
+            b = getpass.getpass(f"enter {what} again: ")
+            if a != b:
+                raise PasswordError("passwords do not match")
+            pw = os.fsencode(a)
+        else:
+            return self.password()
+        if not pw:
+            raise PasswordError("empty password refused")
+        return pw
+
+
+def run_password_command(cmd: str) -> bytes:
+    try:
+        p = subprocess.run(shlex.split(cmd), capture_output=True, timeout=120)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise PasswordError(f"password command failed: {e}") from None
+    if p.returncode != 0:
+        raise PasswordError(f"password command exited with status {p.returncode}")
+    return p.stdout.rstrip(b"\r\n")

@@ -1,0 +1,167 @@
+"""The root command, the global options, and ``main()``: the ONE place exceptions
+become exit codes.
+
+Global options are accepted before or after the subcommand: the same option objects are
+attached to the group and to every command, and each writes into one ``Settings`` on
+the root context unless it was left at its default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from lbk import __version__
+from lbk.cli.context import Settings
+from lbk.cli.output import Output
+from lbk.errors import ExitCode, Interrupted, LbkError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_state = {"json": False}
+
+
+def _setter(attr: str, flag_count: bool = False):
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        src = ctx.get_parameter_source(param.name)
+        root = ctx.find_root()
+        settings = root.obj if isinstance(root.obj, Settings) else None
+        if settings is None:
+            settings = root.obj = Settings()
+        if src is not None and src.name == "DEFAULT":
+            return value
+        if flag_count:
+            setattr(settings, attr, getattr(settings, attr) + value)
+        else:
+            setattr(settings, attr, value)
+        if attr == "json":
+            _state["json"] = bool(value)
+        return value
+
+    return callback
+
+
+GLOBAL_OPTIONS = [
+    click.option("-r", "--repo", "repo", envvar="LBK_REPOSITORY", metavar="URL", expose_value=False,
+                 callback=_setter("repo"), help="Repository URL or path (env LBK_REPOSITORY)."),
+    click.option("--password-file", envvar="LBK_PASSWORD_FILE", metavar="FILE", expose_value=False,
+                 callback=_setter("password_file"), help="Read the password from FILE (env LBK_PASSWORD_FILE)."),
+    click.option("--password-command", envvar="LBK_PASSWORD_COMMAND", metavar="CMD", expose_value=False,
+                 callback=_setter("password_command"), help="Run CMD and read the password from its output."),
+    click.option("--cache-dir", envvar="LBK_CACHE_DIR", metavar="DIR", expose_value=False,
+                 callback=_setter("cache_dir"), help="Local cache directory (env LBK_CACHE_DIR)."),
+    click.option("--no-cache", is_flag=True, default=False, expose_value=False, callback=_setter("no_cache"),
+                 help="Do not use a local cache."),
+    click.option("--json", "json_", is_flag=True, default=False, expose_value=False, callback=_setter("json"),
+                 help="Machine-readable JSON output on stdout."),
+    click.option("-q", "--quiet", is_flag=True, default=False, expose_value=False, callback=_setter("quiet"),
+                 help="No progress, only errors and results."),
+    click.option("-v", "--verbose", count=True, expose_value=False, callback=_setter("verbose", True),
+                 help="More output (repeatable)."),
+    click.option("--limit-upload", type=click.IntRange(min=1), metavar="KIB/S", expose_value=False,
+                 callback=_setter("limit_upload"), help="Limit upload bandwidth."),
+    click.option("--limit-download", type=click.IntRange(min=1), metavar="KIB/S", expose_value=False,
+                 callback=_setter("limit_download"), help="Limit download bandwidth."),
+]
+
+
+def global_options(f):
+    for opt in reversed(GLOBAL_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="lbk")
+@global_options
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """lbk: continuous data protection from the command line.
+
+    Every saved file becomes a version: deduplicated, compressed, encrypted, and stored
+    in a repository on a local disk or a server over SSH.
+
+    \b
+    Example:
+      lbk init
+      lbk backup ~/Documents
+      lbk snapshots
+    """
+    if not isinstance(ctx.obj, Settings):
+        ctx.obj = Settings()
+
+
+def command(name: str, **kw):
+    """Register a subcommand that also accepts the global options."""
+
+    def deco(f):
+        return cli.command(name, context_settings=CONTEXT_SETTINGS, **kw)(global_options(f))
+
+    return deco
+
+
+def settings() -> Settings:
+    return click.get_current_context().find_root().obj
+
+
+def _register() -> None:
+    from lbk.cli import (  # noqa: F401  (each module registers its commands)
+        cmd_backup,
+        cmd_cat,
+        cmd_check,
+        cmd_init,
+        cmd_key,
+        cmd_ls,
+        cmd_restore,
+        cmd_snapshots,
+        cmd_stats,
+        cmd_unlock,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and map every outcome to an exit code from SPEC.md."""
+    _register()
+    code = run(argv)
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    _state["json"] = False
+    try:
+        rv = cli.main(args=argv, prog_name="lbk", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.UsageError as e:
+        msg = e.format_message()
+        if e.ctx is not None and not _state["json"]:
+            sys.stderr.write(e.ctx.get_usage() + "\n")
+            hint = f"Try '{e.ctx.command_path} -h' for help.\n"
+            sys.stderr.write(hint)
+        Output(_state["json"]).fatal(ExitCode.USAGE, msg)
+        return ExitCode.USAGE
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        Output(_state["json"]).fatal(ExitCode.INTERRUPTED, Interrupted().message)
+        return ExitCode.INTERRUPTED
+    except click.ClickException as e:
+        Output(_state["json"]).fatal(ExitCode.FATAL, e.format_message())
+        return ExitCode.FATAL
+    except LbkError as e:
+        Output(_state["json"]).fatal(e.exit_code, e.message)
+        return e.exit_code
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return ExitCode.FATAL
+    except Exception as e:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("LBK_DEBUG"):
+            traceback.print_exc()
+        Output(_state["json"]).fatal(
+            ExitCode.FATAL, f"internal error: {type(e).__name__}: {e} (set LBK_DEBUG=1 for a traceback)"
+        )
+        return ExitCode.FATAL

@@ -1,0 +1,341 @@
+"""Backup: walk paths, store what changed, write one snapshot.
+
+The walk runs in the calling thread (scandir + lstat are cheap); reading, chunking,
+hashing, compressing and encrypting files runs on a thread pool (the compiled parts
+release the GIL). Files whose size, mtime, ctime and inode match the files cache are
+not opened. Each directory becomes a tree blob once its files are done, so unchanged
+directories produce the same tree id and are stored once. Order of durability: packs,
+indexes (``repo.flush``), then the snapshot.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from lbk.cache import Cache
+from lbk.errors import Interrupted, UsageError
+from lbk.events import Emit, FileError, Progress, Verbose, Warning_
+from lbk.model import DIR, FILE, Node, Snapshot, encode_tree
+from lbk.ops.excludes import DEFAULT_EXCLUDES, Excluder
+from lbk.ops.walk import Reader, make_node
+from lbk.repo.keys import current_user
+from lbk.repo.pack import TREE
+from lbk.repo.repository import Repository
+from lbk.repo.snapshots import save_snapshot
+
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
+
+
+@dataclass
+class BackupOptions:
+    paths: list[bytes]
+    tags: list[str] = field(default_factory=list)
+    host: str = ""
+    excludes: list[str] = field(default_factory=list)
+    default_excludes: bool = True
+    exclude_paths: list[bytes] = field(default_factory=list)  # repository, cache, spool
+    one_file_system: bool = False
+    exclude_caches: bool = False
+    dry_run: bool = False
+    kind: str = "backup"
+    name: str = ""
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot | None
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    stored_added: int = 0
+    errors: int = 0
+    duration: float = 0.0
+
+    def summary(self) -> dict:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unchanged": self.files_unchanged,
+            "dirs": self.dirs,
+            "total_files": self.total_files,
+            "total_bytes": self.total_bytes,
+            "bytes_read": self.bytes_read,
+            "data_added": self.bytes_added,
+            "data_added_stored": self.stored_added,
+            "errors": self.errors,
+            "duration": round(self.duration, 3),
+        }
+
+
+class _DryRunRepo:
+    """Computes ids and tells what would be new, storing nothing."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.config = repo.config
+        self._seen: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def save_blob(self, blob_type, data, blob_id=None):
+        bid = blob_id or self.repo.master.blob_id(data)
+        with self._lock:
+            new = bid not in self.repo.index and bid not in self._seen
+            self._seen.add(bid)
+        return bid, new
+
+
+def normalize_paths(paths: list[bytes]) -> list[bytes]:
+    """Absolute paths with their parent directories resolved, minus those inside others."""
+    out = []
+    for p in paths:
+        p = os.path.abspath(p)
+        if p != b"/":
+            head, tail = os.path.split(p)
+            p = os.path.join(os.path.realpath(head), tail)
+        out.append(p)
+    out = sorted(set(out))
+    keep = []
+    for p in out:
+        if not any(p.startswith(k.rstrip(b"/") + b"/") for k in keep):
+            keep.append(p)
+    return keep
+
+
+class Backup:
+    def __init__(self, repo: Repository, cache: Cache | None, opts: BackupOptions, emit: Emit):
+        self.repo = repo
+        self.cache = cache
+        self.opts = opts
+        self.emit = emit
+        self.sink = _DryRunRepo(repo) if opts.dry_run else repo
+        self.reader = Reader(self.sink)
+        patterns = (DEFAULT_EXCLUDES if opts.default_excludes else []) + list(opts.excludes)
+        self.excluder = Excluder(patterns, [os.path.abspath(p) for p in opts.exclude_paths])
+        self.old_files = cache.load_files() if cache else {}
+        self.new_files: dict[bytes, tuple] = {}
+        self.result = BackupResult(snapshot=None)
+        self._lock = threading.Lock()
+        self._last_progress = 0.0
+        self._current = b""
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-read")
+
+    # -- progress ---------------------------------------------------------------
+    def _progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress > 0.2:
+            self._last_progress = now
+            r = self.result
+            self.emit(Progress("backup", r.total_files, r.total_bytes, current=os.fsdecode(self._current)))
+
+    def _error(self, path: bytes, e: BaseException, during: str) -> None:
+        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        with self._lock:
+            self.result.errors += 1
+        self.emit(FileError(path=path, message=msg, during=during))
+
+    # -- files ---------------------------------------------------------------------
+    def _file(self, path: bytes, st: os.stat_result, node: Node) -> Node | None:
+        old = self.old_files.get(path)
+        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if old is not None and old[:4] == sig:
+            ids = [old[4][i : i + 32] for i in range(0, len(old[4]), 32)]
+            if all(i in self.repo.index for i in ids):
+                node.content = ids
+                with self._lock:
+                    self.result.files_unchanged += 1
+                    self.new_files[path] = old
+                return node
+        try:
+            ids, size, added, changed = self.reader.read(path, st)
+        except OSError as e:
+            self._error(path, e, "read")
+            return None
+        if changed:
+            self.emit(Warning_(message="file changed while it was read; stored the last version", path=path))
+            st = os.lstat(path)
+            node.mtime_ns, node.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+        node.content = ids
+        node.size = size
+        with self._lock:
+            r = self.result
+            r.bytes_read += size
+            r.bytes_added += added
+            if old is None:
+                r.files_new += 1
+            else:
+                r.files_changed += 1
+            if not changed:
+                self.new_files[path] = (size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, b"".join(ids))
+        self.emit(Verbose(action="new" if old is None else "modified", path=path, size=size))
+        return node
+
+    # -- directories ---------------------------------------------------------------
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result, root_dev: int):
+        """A node or a future of one for a path whose lstat is ``st``; None to skip."""
+        try:
+            node = make_node(path, name, st)
+        except OSError as e:
+            self._error(path, e, "stat")
+            return None
+        if node.type == FILE:
+            with self._lock:
+                self.result.total_files += 1
+                self.result.total_bytes += st.st_size
+            return self.pool.submit(self._file, path, st, node)
+        if node.type == DIR:
+            with self._lock:
+                self.result.dirs += 1
+            if self.opts.one_file_system and st.st_dev != root_dev:
+                node.subtree = self._save_tree([])
+            else:
+                node.subtree = self._dir(path, root_dev)
+        return node
+
+    def _is_cache_dir(self, path: bytes) -> bool:
+        try:
+            with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
+                return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        except OSError:
+            return False
+
+    def _dir(self, path: bytes, root_dev: int) -> bytes:
+        self._current = path
+        self._progress()
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            self._error(path, e, "list")
+            return self._save_tree([], error=True)
+        if self.opts.exclude_caches and self._is_cache_dir(path):
+            return self._save_tree([])
+        items: list = []
+        for e in entries:
+            if self.excluder.excluded(e.path, e.name):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as err:
+                self._error(e.path, err, "stat")
+                continue
+            item = self._entry(e.path, e.name, st, root_dev)
+            if item is not None:
+                items.append(item)
+        return self._save_tree(items)
+
+    def _save_tree(self, items: list, error: bool = False) -> bytes:
+        nodes = []
+        for it in items:
+            node = it.result() if isinstance(it, Future) else it
+            if node is not None:
+                nodes.append(node)
+        data = encode_tree(nodes)
+        bid, _ = self.sink.save_blob(TREE, data)
+        return bid
+
+    # -- top level -----------------------------------------------------------------
+    def _prefix_tree(self, paths: list[bytes]) -> dict:
+        """Nested dict of path components; a leaf (a path to back up) maps to None."""
+        root: dict = {}
+        for p in paths:
+            parts = [c for c in p.split(b"/") if c]
+            d = root
+            for c in parts[:-1]:
+                d = d.setdefault(c, {})
+                if d is None:
+                    break
+            else:
+                if parts:
+                    d[parts[-1]] = None
+        return root
+
+    def _build(self, prefix: bytes, spec: dict) -> bytes:
+        items = []
+        for name, sub in sorted(spec.items()):
+            path = prefix.rstrip(b"/") + b"/" + name
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                self._error(path, e, "stat")
+                continue
+            if sub is None:
+                item = self._entry(path, name, st, st.st_dev)
+            else:
+                item = make_node(path, name, st)
+                item.subtree = self._build(path, sub)
+            if item is not None:
+                items.append(item)
+        return self._save_tree(items)
+
+    def run(self) -> BackupResult:
+        start = time.monotonic()
+        paths = normalize_paths(self.opts.paths)
+        missing = [p for p in paths if not os.path.lexists(p)]
+        for p in missing:
+            self._error(p, OSError(errno.ENOENT, "does not exist"), "stat")
+        if len(missing) == len(paths):
+            raise UsageError("none of the paths to back up exist")
+        try:
+            if paths == [b"/"]:
+                tree = self._dir(b"/", os.lstat(b"/").st_dev)
+            else:
+                tree = self._build(b"/", self._prefix_tree([p for p in paths if p not in missing]))
+            self.pool.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            if not self.opts.dry_run:
+                self.repo.flush()  # index what is stored so the next run reuses it
+            raise Interrupted("interrupted; no snapshot was written") from None
+        self.result.duration = time.monotonic() - start
+        self._progress(force=True)
+        if self.opts.dry_run:
+            return self.result
+        self.repo.flush()
+        self.result.stored_added = self.repo.stats_added["stored_bytes"]
+        self.result.duration = time.monotonic() - start
+        snap = Snapshot(
+            time=datetime.now(timezone.utc).astimezone(),
+            tree=tree,
+            paths=paths,
+            host=self.opts.host or socket.gethostname(),
+            user=current_user(),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            kind=self.opts.kind,
+            name=self.opts.name,
+            tags=list(self.opts.tags),
+            summary=self.result.summary(),
+        )
+        save_snapshot(self.repo, snap)
+        self.result.snapshot = snap
+        if self.cache is not None:
+            self._save_cache(paths)
+        return self.result
+
+    def _save_cache(self, paths: list[bytes]) -> None:
+        prefixes = tuple(p.rstrip(b"/") + b"/" for p in paths)
+        merged = {k: v for k, v in self.old_files.items() if not (k in paths or k.startswith(prefixes))}
+        merged.update(self.new_files)
+        try:
+            self.cache.save_files(merged)
+        except OSError as e:
+            self.emit(Warning_(message=f"could not update the files cache: {e.strerror}"))
+
+
+def backup(repo: Repository, cache: Cache | None, opts: BackupOptions, emit: Emit) -> BackupResult:
+    """Run one backup under a shared lock and return its result (snapshot None on dry run)."""
+    repo.ensure_index()
+    with repo.lock(exclusive=False):
+        return Backup(repo, cache, opts, emit).run()

@@ -1,0 +1,233 @@
+"""Check: structure, indexes, snapshots and tree references; optionally every blob.
+
+With read-data, each selected pack is read whole: its name must equal the hash of its
+bytes, its header must agree with the index, and every blob is authenticated,
+decompressed and its keyed id recomputed. Damaged or missing blobs are then traced to
+the snapshots and files that reference them, so the report says what is affected.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from lbk.backend.base import BackendError, FileKind, Handle
+from lbk.errors import FormatError, IntegrityError, UsageError
+from lbk.events import Emit, Progress
+from lbk.model import DIR, FILE, decode_tree
+from lbk.repo import crypto, index as index_mod
+from lbk.repo.index import Index
+from lbk.repo.pack import TREE, parse_header, header_length
+from lbk.repo.repository import Repository
+from lbk.repo.snapshots import load_snapshot
+
+_DAMAGE = (IntegrityError, FormatError, BackendError)
+
+
+@dataclass
+class Problem:
+    kind: str  # index, pack, blob, snapshot, tree, file
+    object: str
+    message: str
+    snapshot: str = ""
+    path: str = ""
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+@dataclass
+class CheckResult:
+    snapshots: int = 0
+    trees: int = 0
+    packs: int = 0
+    blobs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+    unindexed_packs: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def parse_subset(spec: str | None) -> tuple | None:
+    """``N%`` -> ("pct", N); ``n/m`` -> ("part", n, m); None -> None."""
+    if spec is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%", spec.strip())
+    if m and 0 < float(m.group(1)) <= 100:
+        return ("pct", float(m.group(1)))
+    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if m and 1 <= int(m.group(1)) <= int(m.group(2)):
+        return ("part", int(m.group(1)), int(m.group(2)))
+    raise UsageError(f"invalid subset {spec!r}: use N% (e.g. 10%) or n/m (e.g. 2/5)")
+
+
+def _select(packs: list[str], subset: tuple | None) -> list[str]:
+    if subset is None:
+        return packs
+    if subset[0] == "pct":
+        k = max(1, round(len(packs) * subset[1] / 100)) if packs else 0
+        return random.sample(packs, min(k, len(packs)))
+    _, n, m = subset
+    return [p for p in packs if int(p[:8], 16) % m == n - 1]
+
+
+class Checker:
+    def __init__(self, repo: Repository, emit: Emit):
+        self.repo = repo
+        self.emit = emit
+        self.result = CheckResult()
+        self.damaged: dict[bytes, str] = {}  # blob id -> reason
+
+    def problem(self, *a, **kw) -> None:
+        self.result.problems.append(Problem(*a, **kw))
+
+    def load_index(self) -> Index:
+        idx = Index()
+        names = [f.name for f in self.repo.backend.list(FileKind.INDEX)]
+        loaded = []
+        for name in names:
+            try:
+                data = self.repo.load_sealed(Handle(FileKind.INDEX, name))
+                loaded.append((name, index_mod.decode(data, f"index/{name}")))
+            except _DAMAGE as e:
+                self.problem("index", name, e.message)
+        superseded = {s for _, (sup, _) in loaded for s in sup}
+        for name, (_sup, packs) in loaded:
+            if name not in superseded:
+                for pack_id, entries in packs.items():
+                    idx.add_pack(pack_id, entries)
+        self.repo.index = idx
+        self.repo.index_loaded = True
+        return idx
+
+    def check_packs(self, idx: Index) -> dict[str, int]:
+        sizes = {f.name: f.size for f in self.repo.backend.list(FileKind.DATA)}
+        self.result.packs = len(idx.packs)
+        self.result.blobs = len(idx)
+        for pack_id, entries in idx.packs.items():
+            if pack_id not in sizes:
+                self.problem("pack", pack_id, "pack is in the index but missing from the repository")
+                for e in entries:
+                    self.damaged[e.id] = f"its pack {pack_id[:16]} is missing"
+            elif entries and sizes[pack_id] < max(e.offset + e.length for e in entries) + 4:
+                self.problem("pack", pack_id, f"pack is truncated ({sizes[pack_id]} bytes)")
+                for e in entries:
+                    self.damaged[e.id] = f"its pack {pack_id[:16]} is truncated"
+        self.result.unindexed_packs = len(set(sizes) - set(idx.packs))
+        return sizes
+
+    def read_pack(self, pack_id: str, entries) -> list[tuple[bytes, str]]:
+        """Return (blob id, reason) for every bad blob in a pack."""
+        h = Handle(FileKind.DATA, pack_id)
+        what = f"pack {pack_id[:16]}"
+        try:
+            data = self.repo.backend.load(h)
+        except _DAMAGE as e:
+            return [(e_.id, f"cannot read pack: {e.message}") for e_ in entries]
+        self.result.bytes_read += len(data)
+        bad: list[tuple[bytes, str]] = []
+        hash_ok = crypto.content_hash(data) == pack_id
+        if not hash_ok:
+            self.problem("pack", pack_id, "pack content does not match its name (damaged)")
+        try:
+            n = header_length(data[-4:], len(data), what)
+            own = parse_header(self.repo.master.encrypt, data[-4 - n : -4], len(data) - 4 - n, what)
+            own_ids = {(e.id, e.offset, e.length) for e in own}
+            for e in entries:
+                if (e.id, e.offset, e.length) not in own_ids:
+                    self.problem("pack", pack_id, f"index entry for blob {e.id.hex()[:16]} disagrees with the pack header")
+        except _DAMAGE as e:
+            self.problem("pack", pack_id, f"pack header unreadable: {e.message}")
+        for e in entries:
+            loc = self.repo.index.get(e.id)
+            if loc is None or loc.pack != pack_id:
+                loc = index_mod.BlobLocation(pack_id, e.type, e.offset, e.length, e.raw_length)
+            try:
+                plain = self.repo.decode_blob(loc, e.id, data[e.offset : e.offset + e.length])
+                if self.repo.master.blob_id(plain) != e.id:
+                    bad.append((e.id, "content does not match its id"))
+            except _DAMAGE as err:
+                bad.append((e.id, err.message))
+        return bad
+
+    def read_data(self, idx: Index, subset: tuple | None) -> None:
+        packs = _select(sorted(idx.packs), subset)
+        done = 0
+        with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as ex:
+            futures = [(p, ex.submit(self.read_pack, p, idx.packs[p])) for p in packs]
+            for pack_id, f in futures:
+                for bid, reason in f.result():
+                    self.damaged[bid] = reason
+                    self.problem("blob", bid.hex(), reason, path=f"pack {pack_id[:16]}")
+                done += 1
+                self.result.packs_read = done
+                self.emit(Progress("check", done, self.result.bytes_read, files_total=len(packs)))
+
+    def check_snapshots(self, idx: Index) -> None:
+        names = self.repo.list_snapshot_names()
+        seen_trees: dict[bytes, list[tuple[str, str]]] = {}
+        for name in sorted(names):
+            try:
+                snap = load_snapshot(self.repo, name)
+            except _DAMAGE as e:
+                self.problem("snapshot", name, e.message, snapshot=name[:8])
+                continue
+            self.result.snapshots += 1
+            self._tree(snap.tree, snap.id, b"/", idx, seen_trees)
+
+    def _tree(self, tree_id: bytes, snap: str, path: bytes, idx: Index, seen: dict) -> None:
+        """Walk a tree once per id; damage inside a shared tree is reported per snapshot."""
+        if tree_id in seen:
+            for kind, obj, msg, p in seen[tree_id]:
+                self.problem(kind, obj, msg, snapshot=snap[:8], path=p)
+            return
+        found: list = []
+        seen[tree_id] = found
+        before = len(self.result.problems)
+        self.result.trees += 1
+        what = f"tree {tree_id.hex()[:16]}"
+        try:
+            if tree_id in self.damaged:
+                raise IntegrityError(f"{what}: {self.damaged[tree_id]}")
+            loc = idx.get(tree_id)
+            if loc is None:
+                raise IntegrityError(f"{what}: not in any index (missing)")
+            nodes = decode_tree(self.repo.load_blob(TREE, tree_id), what)
+        except _DAMAGE as e:
+            self.problem("tree", tree_id.hex(), e.message, snapshot=snap[:8], path=os.fsdecode(path))
+        else:
+            for n in nodes:
+                p = path.rstrip(b"/") + b"/" + n.name
+                if n.type == DIR:
+                    if n.subtree is None:
+                        self.problem("tree", tree_id.hex(), f"directory {n.name!r} has no subtree", snapshot=snap[:8])
+                    else:
+                        self._tree(n.subtree, snap, p, idx, seen)
+                elif n.type == FILE:
+                    for c in n.content:
+                        reason = self.damaged.get(c) or (None if c in idx else "blob is missing")
+                        if reason:
+                            self.problem("file", c.hex(), f"content damaged: {reason}", snapshot=snap[:8], path=os.fsdecode(p))
+                            break
+        for pr in self.result.problems[before:]:
+            found.append((pr.kind, pr.object, pr.message, pr.path))
+
+
+def check(repo: Repository, emit: Emit, read_data: bool = False, subset: str | None = None) -> CheckResult:
+    sub = parse_subset(subset)
+    c = Checker(repo, emit)
+    with repo.lock(exclusive=False):
+        idx = c.load_index()
+        c.check_packs(idx)
+        if read_data or sub is not None:
+            c.read_data(idx, sub)
+        c.check_snapshots(idx)
+    return c.result
+

@@ -1,0 +1,60 @@
+"""Exclude patterns, restic-style.
+
+A pattern without ``/`` matches any single path component (``*.tmp``, ``__pycache__``);
+a pattern with ``/`` matches the absolute path or any of its parents (``/home/*/.cache``).
+``*``, ``?`` and ``[...]`` follow fnmatch; ``**`` in a path pattern matches across ``/``.
+Matching is on bytes, so names that are not UTF-8 work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from fnmatch import translate
+
+from lbk.errors import UsageError
+
+DEFAULT_EXCLUDES = ["*.tmp", "*.swp", "*~", ".~lock.*", "~$*", ".#*", "__pycache__"]
+
+
+def _compile(pat: str) -> re.Pattern[bytes]:
+    body = translate(pat)  # str regex, ends with \Z
+    if "**" in pat:
+        body = body.replace(".*.*", ".*")
+    elif "/" in pat:
+        body = body.replace(".*", "[^/]*")
+    return re.compile(os.fsencode(body), re.DOTALL)
+
+
+class Excluder:
+    def __init__(self, patterns: list[str], paths: list[bytes] = ()):
+        self.name_patterns: list[re.Pattern[bytes]] = []
+        self.path_patterns: list[re.Pattern[bytes]] = []
+        self.exact_paths = {os.path.normpath(p) for p in paths}
+        for p in patterns:
+            p = p.strip()
+            if not p or p.startswith("#"):
+                continue
+            if "/" in p.rstrip("/"):
+                self.path_patterns.append(_compile(p.rstrip("/")))
+            else:
+                self.name_patterns.append(_compile(p.rstrip("/")))
+
+    def excluded(self, path: bytes, name: bytes) -> bool:
+        if path in self.exact_paths:
+            return True
+        for r in self.name_patterns:
+            if r.match(name):
+                return True
+        for r in self.path_patterns:
+            if r.match(path):
+                return True
+        return False
+
+
+def read_exclude_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return [line.rstrip("\n") for line in f]
+    except OSError as e:
+        raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None

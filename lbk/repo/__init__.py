@@ -1,0 +1,1 @@
+"""The repository: encrypted, authenticated, deduplicated objects on a backend."""

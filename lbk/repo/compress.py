@@ -1,0 +1,57 @@
+"""Optional zstd compression of a payload before it is encrypted.
+
+    payload = flag:1 || body        flag 0: body is the data; flag 1: body is a zstd frame
+
+Compression is skipped when it does not save at least 1/32 of the size (already
+compressed media, random data). Decompression is bounded by the size the caller
+expects, so a hostile frame cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from lbk.errors import FormatError
+
+RAW = 0
+ZSTD = 1
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    c = getattr(_local, "c", None)
+    if c is None or _local.level != level:
+        c = _local.c = zstandard.ZstdCompressor(level=level)
+        _local.level = level
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def compress(data: bytes | memoryview, level: int) -> bytes:
+    if level and len(data) >= 64:
+        z = _compressor(level).compress(data)
+        if len(z) + len(z) // 32 < len(data):
+            return b"\x01" + z
+    return b"\x00" + bytes(data)
+
+
+def decompress(payload: bytes, max_size: int, what: str) -> bytes:
+    if not payload:
+        raise FormatError(f"{what}: empty payload")
+    flag = payload[0]
+    if flag == RAW:
+        return payload[1:]
+    if flag == ZSTD:
+        try:
+            return _decompressor().decompress(payload[1:], max_output_size=max_size)
+        except zstandard.ZstdError as e:
+            raise FormatError(f"{what}: corrupt compressed data ({e})") from None
+    raise FormatError(f"{what}: unknown compression flag {flag}")

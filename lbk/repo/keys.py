@@ -1,0 +1,108 @@
+"""Key files: the master key, sealed under a key derived from a password by Argon2id.
+
+A key file is JSON (the only plaintext structure in a repository, and it holds no
+names):
+
+    {"version": 1,
+     "kdf": {"alg": "argon2id", "ops": 3, "mem": 67108864, "salt": "<b64 16 bytes>"},
+     "data": "<b64 sealed(master_key:64)>",     AD = b"lbk:key"
+     "meta": "<b64 sealed(JSON {created, host, user})>"}   sealed with the master key
+
+Several key files may open one repository (``lbk key add``). ``meta`` is sealed with the
+master key, so host and user names are readable only once the repository is unlocked.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from lbk.errors import FormatError, IntegrityError
+from lbk.repo import crypto
+from lbk.repo.crypto import MasterKey
+
+VERSION = 1
+
+
+@dataclass
+class KeyInfo:
+    id: str
+    created: str
+    host: str
+    user: str
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def make_key_file(master: MasterKey, password: bytes) -> tuple[str, bytes]:
+    """Return (file name, bytes) of a new key file for ``password``."""
+    ops, mem = crypto.default_kdf_params()
+    salt = os.urandom(crypto.SALT)
+    kek = crypto.derive_key(password, salt, ops, mem)
+    meta = {
+        "created": datetime.now(timezone.utc).astimezone().isoformat(),
+        "host": socket.gethostname(),
+        "user": current_user(),
+    }
+    doc = {
+        "version": VERSION,
+        "kdf": {"alg": crypto.ARGON2ID, "ops": ops, "mem": mem, "salt": _b64(salt)},
+        "data": _b64(crypto.seal(kek, master.to_bytes(), b"lbk:key")),
+        "meta": _b64(crypto.seal(master.encrypt, json.dumps(meta).encode(), b"lbk:keymeta")),
+    }
+    raw = json.dumps(doc, sort_keys=True).encode()
+    return crypto.content_hash(raw), raw
+
+
+def _parse(raw: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(raw)
+        if doc.get("version") != VERSION:
+            raise FormatError(f"{what}: unknown key file version {doc.get('version')!r}")
+        kdf = doc["kdf"]
+        if kdf["alg"] != crypto.ARGON2ID:
+            raise FormatError(f"{what}: unknown KDF {kdf['alg']!r}")
+        return doc
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise FormatError(f"{what}: malformed key file") from None
+
+
+def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
+    """The master key if ``password`` opens this key file, else None."""
+    doc = _parse(raw, what)
+    kdf = doc["kdf"]
+    try:
+        salt = base64.b64decode(kdf["salt"], validate=True)
+        sealed = base64.b64decode(doc["data"], validate=True)
+        kek = crypto.derive_key(password, salt, int(kdf["ops"]), int(kdf["mem"]))
+    except (ValueError, TypeError):
+        raise FormatError(f"{what}: malformed key file") from None
+    try:
+        return MasterKey.from_bytes(crypto.open_sealed(kek, sealed, b"lbk:key", what))
+    except IntegrityError:
+        return None
+
+
+def describe(name: str, raw: bytes, master: MasterKey) -> KeyInfo:
+    doc = _parse(raw, f"keys/{name}")
+    try:
+        meta = json.loads(
+            crypto.open_sealed(master.encrypt, base64.b64decode(doc["meta"]), b"lbk:keymeta", f"keys/{name}")
+        )
+    except (ValueError, KeyError, IntegrityError):
+        meta = {}
+    return KeyInfo(name, meta.get("created", ""), meta.get("host", ""), meta.get("user", ""))
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in a container: fall back to the uid
+        return str(os.getuid())

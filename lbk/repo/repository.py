@@ -1,0 +1,266 @@
+"""The repository: the only code that talks to a backend.
+
+It turns the backend's named bytes into authenticated objects: sealed files (config,
+index, snapshots, locks) named by the hash of their ciphertext, and blobs (file chunks
+and trees) stored in packs and found through the index. Writers call ``save_blob`` from
+any number of threads and ``flush`` before they write a snapshot, which is the order
+that makes a crash harmless: packs, then indexes, then the snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+from lbk.backend.base import Backend, BackendError, FileKind, Handle, NotFound
+from lbk.errors import FormatError, IntegrityError, RepositoryExists, RepositoryNotFound, WrongPassword
+from lbk.repo import compress, crypto, index as index_mod, keys, pack as pack_mod
+from lbk.repo.config import Config
+from lbk.repo.crypto import MasterKey
+from lbk.repo.index import BlobLocation, Index
+from lbk.repo.lock import Lock
+
+MAX_FILE = 256 * 1024 * 1024  # bound for decompressed sealed files (indexes, snapshots)
+INDEX_EVERY = 32  # write an index after this many new packs, so interrupted runs can reuse them
+
+
+class Repository:
+    def __init__(self, backend: Backend, master: MasterKey, config: Config, key_name: str | None = None):
+        self.backend = backend
+        self.master = master
+        self.config = config
+        self.key_name = key_name
+        self.index = Index()
+        self.index_loaded = False
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._packers: dict[int, pack_mod.PackWriter] = {}
+        self._unindexed: dict[str, list[pack_mod.PackEntry]] = {}
+        self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self.stats_added = {"blobs": 0, "raw_bytes": 0, "stored_bytes": 0, "packs": 0}
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    # -- create / open ------------------------------------------------------
+    @classmethod
+    def create(cls, backend: Backend, password: bytes) -> "Repository":
+        if backend.exists():
+            raise RepositoryExists(f"repository at {backend.location} already exists")
+        try:
+            backend.create()
+        except BackendError as e:
+            raise RepositoryExists(f"cannot create repository: {e.message}") from None
+        master = MasterKey.generate()
+        config = Config.new()
+        repo = cls(backend, master, config)
+        name, raw = keys.make_key_file(master, password)
+        backend.save(Handle(FileKind.KEY, name), raw)
+        repo.key_name = name
+        repo.save_sealed(Handle(FileKind.CONFIG), config.encode())  # last: marks the repo as existing
+        return repo
+
+    @classmethod
+    def open(cls, backend: Backend, password: Callable[[], bytes]) -> "Repository":
+        """Open with a password provider; it is only called once the repository is found."""
+        if not backend.exists():
+            raise RepositoryNotFound(f"repository {backend.location} does not exist")
+        pw = password()
+        key_files = sorted(backend.list(FileKind.KEY), key=lambda f: f.name)
+        if not key_files:
+            raise FormatError(f"repository {backend.location} has no key files")
+        for fi in key_files:
+            raw = backend.load(Handle(FileKind.KEY, fi.name))
+            master = keys.try_open(raw, pw, f"keys/{fi.name}")
+            if master is not None:
+                break
+        else:
+            raise WrongPassword("wrong password or no key found")
+        tmp = cls(backend, master, Config(id="", chunker=None))  # type: ignore[arg-type]
+        config = Config.decode(tmp.load_sealed(Handle(FileKind.CONFIG)))
+        return cls(backend, master, config, fi.name)
+
+    # -- sealed files -------------------------------------------------------
+    def _ad(self, h: Handle) -> bytes:
+        return b"lbk:" + h.kind.value.encode()
+
+    def seal_file(self, kind: FileKind, payload: bytes, level: int | None = None) -> tuple[Handle, bytes]:
+        lvl = self.config.compression_level if level is None else level
+        sealed = crypto.seal(self.master.encrypt, compress.compress(payload, lvl), b"lbk:" + kind.value.encode())
+        name = "config" if kind is FileKind.CONFIG else crypto.content_hash(sealed)
+        return Handle(kind, name), sealed
+
+    def save_sealed(self, h: Handle, payload: bytes, *, overwrite: bool = False) -> None:
+        """Save a sealed file under a given handle (config and locks, whose names are fixed)."""
+        sealed = crypto.seal(self.master.encrypt, compress.compress(payload, 3), self._ad(h))
+        self.backend.save(h, sealed, overwrite=overwrite)
+
+    def save_file(self, kind: FileKind, payload: bytes) -> str:
+        """Save a content-named sealed file (index, snapshot); returns its name."""
+        h, sealed = self.seal_file(kind, payload)
+        self.backend.save(h, sealed)
+        return h.name
+
+    def load_sealed(self, h: Handle) -> bytes:
+        raw = self.backend.load(h)
+        if h.kind not in (FileKind.CONFIG, FileKind.LOCK) and crypto.content_hash(raw) != h.name:
+            raise IntegrityError(f"{h}: content does not match its name (damaged or swapped)")
+        plain = crypto.open_sealed(self.master.encrypt, raw, self._ad(h), str(h))
+        return compress.decompress(plain, MAX_FILE, str(h))
+
+    # -- keys ----------------------------------------------------------------
+    def add_key(self, password: bytes) -> str:
+        name, raw = keys.make_key_file(self.master, password)
+        self.backend.save(Handle(FileKind.KEY, name), raw)
+        return name
+
+    def list_keys(self) -> list[keys.KeyInfo]:
+        out = []
+        for fi in self.backend.list(FileKind.KEY):
+            raw = self.backend.load(Handle(FileKind.KEY, fi.name))
+            out.append(keys.describe(fi.name, raw, self.master))
+        return sorted(out, key=lambda k: k.created)
+
+    # -- locks ---------------------------------------------------------------
+    def lock(self, exclusive: bool = False) -> Lock:
+        return Lock(self, exclusive).acquire()
+
+    # -- index ---------------------------------------------------------------
+    def load_index(self) -> Index:
+        names = [f.name for f in self.backend.list(FileKind.INDEX)]
+
+        def load(name: str):
+            return name, index_mod.decode(self.load_sealed(Handle(FileKind.INDEX, name)), f"index/{name}")
+
+        with ThreadPoolExecutor(4) as ex:
+            loaded = list(ex.map(load, names))
+        superseded = {s for _, (sup, _) in loaded for s in sup}
+        idx = Index()
+        for name, (_sup, packs) in loaded:
+            if name in superseded:
+                continue
+            for pack_id, entries in packs.items():
+                idx.add_pack(pack_id, entries)
+        self.index = idx
+        self.index_files = [n for n, _ in loaded if n not in superseded]
+        self.index_loaded = True
+        return idx
+
+    def ensure_index(self) -> Index:
+        if not self.index_loaded:
+            self.load_index()
+        return self.index
+
+    # -- blobs: writing ----------------------------------------------------------
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.index or blob_id in self._pending
+
+    def save_blob(self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, bool]:
+        """Store a blob unless it is known; returns (id, newly stored). Thread-safe."""
+        if blob_id is None:
+            blob_id = self.master.blob_id(data)
+        with self._lock:
+            if blob_id in self.index or blob_id in self._pending:
+                return blob_id, False
+            self._pending.add(blob_id)
+        payload = compress.compress(data, self.config.compression_level)
+        sealed = crypto.seal(self.master.encrypt, payload, pack_mod.blob_ad(blob_type, blob_id))
+        full = None
+        with self._lock:
+            packer = self._packers.get(blob_type)
+            if packer is None:
+                packer = self._packers[blob_type] = pack_mod.PackWriter()
+            packer.add(blob_type, blob_id, sealed, len(data))
+            self.stats_added["blobs"] += 1
+            self.stats_added["raw_bytes"] += len(data)
+            self.stats_added["stored_bytes"] += len(sealed)
+            if packer.size >= self.config.pack_size:
+                full = self._packers.pop(blob_type)
+        if full is not None:
+            self._upload(full)
+        return blob_id, True
+
+    def _upload(self, packer: pack_mod.PackWriter) -> None:
+        name, data, entries = packer.finish(self.master.encrypt)
+        self.backend.save(Handle(FileKind.DATA, name), data)
+        write_index = False
+        with self._lock:
+            self.index.add_pack(name, entries)
+            for e in entries:
+                self._pending.discard(e.id)
+            self._unindexed[name] = entries
+            self.stats_added["packs"] += 1
+            write_index = len(self._unindexed) >= INDEX_EVERY
+        if write_index:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        with self._lock:
+            packs, self._unindexed = self._unindexed, {}
+        if packs:
+            self.save_file(FileKind.INDEX, index_mod.encode(packs))
+
+    def flush(self) -> None:
+        """Upload partial packs and index everything written; call before saving a snapshot."""
+        with self._lock:
+            packers = list(self._packers.values())
+            self._packers.clear()
+        for p in packers:
+            if len(p):
+                self._upload(p)
+        self._write_index()
+
+    # -- blobs: reading ------------------------------------------------------------
+    def blob_location(self, blob_id: bytes) -> BlobLocation:
+        loc = self.ensure_index().get(blob_id)
+        if loc is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in any index (missing data)")
+        return loc
+
+    def load_blob(self, blob_type: int, blob_id: bytes) -> bytes:
+        if blob_type == pack_mod.TREE:
+            cached = self._tree_cache.get(blob_id)
+            if cached is not None:
+                return cached
+        loc = self.blob_location(blob_id)
+        raw = self.backend.load(Handle(FileKind.DATA, loc.pack), loc.offset, loc.length)
+        data = self.decode_blob(loc, blob_id, raw)
+        if blob_type == pack_mod.TREE:
+            with self._lock:
+                self._tree_cache[blob_id] = data
+                if len(self._tree_cache) > 4096:
+                    self._tree_cache.popitem(last=False)
+        return data
+
+    def decode_blob(self, loc: BlobLocation, blob_id: bytes, raw: bytes) -> bytes:
+        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
+        plain = crypto.open_sealed(self.master.encrypt, raw, pack_mod.blob_ad(loc.type, blob_id), what)
+        data = compress.decompress(plain, loc.raw_length, what)
+        if len(data) != loc.raw_length:
+            raise IntegrityError(f"{what}: length {len(data)} does not match the index ({loc.raw_length})")
+        return data
+
+    def pack_entries(self, pack_id: str) -> list[pack_mod.PackEntry]:
+        """Read a pack's own header (for check and index repair)."""
+        h = Handle(FileKind.DATA, pack_id)
+        size = self.backend.stat(h)
+        what = f"pack {pack_id[:16]}"
+        if size < 4:
+            raise FormatError(f"{what}: truncated pack")
+        n = pack_mod.header_length(self.backend.load(h, size - 4, 4), size, what)
+        sealed = self.backend.load(h, size - 4 - n, n)
+        return pack_mod.parse_header(self.master.encrypt, sealed, size - 4 - n, what)
+
+    # -- snapshots -----------------------------------------------------------------
+    def list_snapshot_names(self) -> list[str]:
+        return [f.name for f in self.backend.list(FileKind.SNAPSHOT)]
+
+    def iter_files(self, kind: FileKind) -> Iterator[str]:
+        for f in self.backend.list(kind):
+            yield f.name
+
+    def close(self) -> None:
+        self.backend.close()
