@@ -38,7 +38,6 @@ class Node:
     user: str = ""
     group: str = ""
     mtime_ns: int = 0
-    atime_ns: int = 0
     ctime_ns: int = 0
     size: int = 0
     inode: int = 0
@@ -59,7 +58,6 @@ class Node:
             "uid": self.uid,
             "gid": self.gid,
             "mtime_ns": self.mtime_ns,
-            "atime_ns": self.atime_ns,
             "ctime_ns": self.ctime_ns,
         }
         if self.user:
@@ -104,7 +102,6 @@ class Node:
             user=str(d.get("user", "")),
             group=str(d.get("group", "")),
             mtime_ns=int(d.get("mtime_ns", 0)),
-            atime_ns=int(d.get("atime_ns", 0)),
             ctime_ns=int(d.get("ctime_ns", 0)),
             size=size,
             inode=int(d.get("inode", 0)),

@@ -281,6 +281,7 @@ class Backup:
 
     def run(self) -> BackupResult:
         start = time.monotonic()
+        stored_before = self.repo.stats_added["stored_bytes"]
         paths = normalize_paths(self.opts.paths)
         missing = [p for p in paths if not os.path.lexists(p)]
         for p in missing:
@@ -303,7 +304,7 @@ class Backup:
         if self.opts.dry_run:
             return self.result
         self.repo.flush()
-        self.result.stored_added = self.repo.stats_added["stored_bytes"]
+        self.result.stored_added = self.repo.stats_added["stored_bytes"] - stored_before
         self.result.duration = time.monotonic() - start
         snap = Snapshot(
             time=datetime.now(timezone.utc).astimezone(),

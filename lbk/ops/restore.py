@@ -310,7 +310,7 @@ class Restorer:
                         raise
             if not link:
                 os.chmod(dpath, node.mode)
-            os.utime(dpath, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+            os.utime(dpath, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
         except OSError as e:
             self._error(dpath, e, "metadata")
 

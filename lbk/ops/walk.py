@@ -82,7 +82,6 @@ def make_node(path: bytes, name: bytes, st: os.stat_result) -> Node:
         user=user_name(st.st_uid),
         group=group_name(st.st_gid),
         mtime_ns=st.st_mtime_ns,
-        atime_ns=st.st_atime_ns,
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
         dev=st.st_dev,

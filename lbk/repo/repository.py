@@ -23,7 +23,7 @@ from lbk.repo.index import BlobLocation, Index
 from lbk.repo.lock import Lock
 
 MAX_FILE = 256 * 1024 * 1024  # bound for decompressed sealed files (indexes, snapshots)
-INDEX_EVERY = 32  # write an index after this many new packs, so interrupted runs can reuse them
+INDEX_EVERY = 4  # index this many new packs at once, so an interrupted run's packs are reused
 
 
 class Repository:
@@ -38,6 +38,8 @@ class Repository:
         self._pending: set[bytes] = set()
         self._packers: dict[int, pack_mod.PackWriter] = {}
         self._unindexed: dict[str, list[pack_mod.PackEntry]] = {}
+        self._session_packs: dict[str, list[pack_mod.PackEntry]] = {}
+        self._session_indexes: list[str] = []
         self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self.stats_added = {"blobs": 0, "raw_bytes": 0, "stored_bytes": 0, "packs": 0}
 
@@ -130,13 +132,19 @@ class Repository:
 
     # -- index ---------------------------------------------------------------
     def load_index(self) -> Index:
-        names = [f.name for f in self.backend.list(FileKind.INDEX)]
+        for attempt in range(3):
+            names = [f.name for f in self.backend.list(FileKind.INDEX)]
 
-        def load(name: str):
-            return name, index_mod.decode(self.load_sealed(Handle(FileKind.INDEX, name)), f"index/{name}")
+            def load(name: str):
+                return name, index_mod.decode(self.load_sealed(Handle(FileKind.INDEX, name)), f"index/{name}")
 
-        with ThreadPoolExecutor(4) as ex:
-            loaded = list(ex.map(load, names))
+            try:
+                with ThreadPoolExecutor(4) as ex:
+                    loaded = list(ex.map(load, names))
+                break
+            except NotFound:
+                if attempt == 2:  # an index vanished under us three times: a writer is consolidating
+                    raise
         superseded = {s for _, (sup, _) in loaded for s in sup}
         idx = Index()
         for name, (_sup, packs) in loaded:
@@ -201,7 +209,25 @@ class Repository:
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
         if packs:
-            self.save_file(FileKind.INDEX, index_mod.encode(packs))
+            name = self.save_file(FileKind.INDEX, index_mod.encode(packs))
+            with self._lock:
+                self._session_packs.update(packs)
+                self._session_indexes.append(name)
+
+    def _consolidate_index(self) -> None:
+        """Replace this session's partial indexes by one that supersedes them."""
+        with self._lock:
+            packs, names = self._session_packs, self._session_indexes
+            self._session_packs, self._session_indexes = {}, []
+        if len(names) < 2:
+            return
+        sup = [bytes.fromhex(n) for n in names]
+        self.save_file(FileKind.INDEX, index_mod.encode(packs, supersedes=sup))
+        for n in names:
+            try:
+                self.backend.remove(Handle(FileKind.INDEX, n))
+            except (NotFound, BackendError):
+                pass  # a superseded index is ignored by readers; prune removes it
 
     def flush(self) -> None:
         """Upload partial packs and index everything written; call before saving a snapshot."""
@@ -212,6 +238,7 @@ class Repository:
             if len(p):
                 self._upload(p)
         self._write_index()
+        self._consolidate_index()
 
     # -- blobs: reading ------------------------------------------------------------
     def blob_location(self, blob_id: bytes) -> BlobLocation:
