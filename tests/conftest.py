@@ -1,0 +1,7 @@
+"""Shared fixtures. Every test runs with a cheap KDF, its own HOME-like dirs and cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import *  # noqa: F401,F403  (fixtures: lbk_env, mem_repo, local_repo, lbk, ...)
