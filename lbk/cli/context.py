@@ -90,9 +90,16 @@ class Settings:
             )
         return str(url)
 
-    def open_repo(self) -> Repository:
+    def backend(self):
         backend = open_backend(self.repository_url())
-        return Repository.open(backend, self.password)
+        if self.limit_upload or self.limit_download:
+            from lbk.backend.limit import LimitedBackend
+
+            backend = LimitedBackend(backend, self.limit_upload, self.limit_download)
+        return backend
+
+    def open_repo(self) -> Repository:
+        return Repository.open(self.backend(), self.password)
 
     def cache(self, repo: Repository) -> Cache | None:
         if self.no_cache:

@@ -107,18 +107,15 @@ def settings() -> Settings:
 
 
 def _register() -> None:
-    from lbk.cli import (  # noqa: F401  (each module registers its commands)
-        cmd_backup,
-        cmd_cat,
-        cmd_check,
-        cmd_init,
-        cmd_key,
-        cmd_ls,
-        cmd_restore,
-        cmd_snapshots,
-        cmd_stats,
-        cmd_unlock,
-    )
+    """Import every ``lbk.cli.cmd_*`` module; each registers its commands on ``cli``."""
+    import importlib
+    import pkgutil
+
+    import lbk.cli as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("cmd_"):
+            importlib.import_module(f"lbk.cli.{mod.name}")
 
 
 def main(argv: list[str] | None = None) -> None:

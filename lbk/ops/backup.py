@@ -147,17 +147,25 @@ class Backup:
         self.emit(FileError(path=path, message=msg, during=during))
 
     # -- files ---------------------------------------------------------------------
+    def _unchanged(self, path: bytes, st: os.stat_result, node: Node) -> bool:
+        """Fill ``node`` from the files cache when the file did not change; runs in the walker."""
+        old = self.old_files.get(path)
+        if old is None or old[:4] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            return False
+        joined = old[4]
+        ids = [joined[i : i + 32] for i in range(0, len(joined), 32)]
+        index = self.repo.index
+        for i in ids:
+            if i not in index:
+                return False
+        node.content = ids
+        with self._lock:
+            self.result.files_unchanged += 1
+            self.new_files[path] = old
+        return True
+
     def _file(self, path: bytes, st: os.stat_result, node: Node) -> Node | None:
         old = self.old_files.get(path)
-        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        if old is not None and old[:4] == sig:
-            ids = [old[4][i : i + 32] for i in range(0, len(old[4]), 32)]
-            if all(i in self.repo.index for i in ids):
-                node.content = ids
-                with self._lock:
-                    self.result.files_unchanged += 1
-                    self.new_files[path] = old
-                return node
         try:
             ids, size, added, changed = self.reader.read(path, st)
         except OSError as e:
@@ -194,6 +202,8 @@ class Backup:
             with self._lock:
                 self.result.total_files += 1
                 self.result.total_bytes += st.st_size
+            if self._unchanged(path, st, node):
+                return node
             return self.pool.submit(self._file, path, st, node)
         if node.type == DIR:
             with self._lock:
