@@ -138,7 +138,7 @@ def decode_tree(data: bytes, what: str = "tree") -> list[Node]:
         nodes = [Node.from_dict(d) for d in raw_nodes]
     except FormatError as e:
         raise FormatError(f"{what}: {e.message}" if not e.message.startswith(what) else e.message) from None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
         raise FormatError(f"{what}: malformed tree") from None
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
@@ -207,7 +207,7 @@ class Snapshot:
             )
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise FormatError(f"{what}: malformed snapshot") from None
 
     @property

@@ -10,20 +10,49 @@ from __future__ import annotations
 
 import os
 import re
-from fnmatch import translate
 
 from lbk.errors import UsageError
 
 DEFAULT_EXCLUDES = ["*.tmp", "*.swp", "*~", ".~lock.*", "~$*", ".#*", "__pycache__"]
 
 
+def _translate(pat: str) -> str:
+    """Glob -> regex: ``*`` and ``?`` never cross ``/``; ``**`` crosses any number of
+    directories, including none (``a/**/b`` matches ``a/b``), as in restic."""
+    out, i, n = [], 0, len(pat)
+    while i < n:
+        c = pat[i]
+        if pat.startswith("/**/", i):
+            out.append("(?:/|/.*/)")
+            i += 4
+        elif pat.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pat.find("]", i + 2 if pat[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pat[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("(?!/)[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out) + r"\Z"
+
+
 def _compile(pat: str) -> re.Pattern[bytes]:
-    body = translate(pat)  # str regex, ends with \Z
-    if "**" in pat:
-        body = body.replace(".*.*", ".*")
-    elif "/" in pat:
-        body = body.replace(".*", "[^/]*")
-    return re.compile(os.fsencode(body), re.DOTALL)
+    return re.compile(os.fsencode(_translate(pat)), re.DOTALL)
 
 
 class Excluder:

@@ -72,7 +72,7 @@ class Config:
                 compression_level=int(comp["level"]),
                 pack_size=int(doc["pack_size"]),
             )
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise FormatError("config: malformed") from None
 
 

@@ -70,7 +70,7 @@ def _parse(raw: bytes, what: str) -> dict:
         if kdf["alg"] != crypto.ARGON2ID:
             raise FormatError(f"{what}: unknown KDF {kdf['alg']!r}")
         return doc
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
         raise FormatError(f"{what}: malformed key file") from None
 
 
@@ -82,7 +82,7 @@ def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
         salt = base64.b64decode(kdf["salt"], validate=True)
         sealed = base64.b64decode(doc["data"], validate=True)
         kek = crypto.derive_key(password, salt, int(kdf["ops"]), int(kdf["mem"]))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise FormatError(f"{what}: malformed key file") from None
     try:
         return MasterKey.from_bytes(crypto.open_sealed(kek, sealed, b"lbk:key", what))
@@ -96,7 +96,7 @@ def describe(name: str, raw: bytes, master: MasterKey) -> KeyInfo:
         meta = json.loads(
             crypto.open_sealed(master.encrypt, base64.b64decode(doc["meta"]), b"lbk:keymeta", f"keys/{name}")
         )
-    except (ValueError, KeyError, IntegrityError):
+    except (ValueError, KeyError, TypeError, AttributeError, IntegrityError):
         meta = {}
     return KeyInfo(name, meta.get("created", ""), meta.get("host", ""), meta.get("user", ""))
 
