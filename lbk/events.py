@@ -72,6 +72,49 @@ class Verbose(Event):
 
 
 @dataclass
+class Captured(Event):
+    """watch: a new version of a path was read and stored (not yet committed)."""
+
+    message_type = "captured"
+    path: bytes = b""
+    type: str = ""
+    size: int = 0
+    content_id: str = ""
+    saved_at: str = ""
+    deleted: bool = False
+
+
+@dataclass
+class Committed(Event):
+    """watch: captures were committed as a live snapshot."""
+
+    message_type = "committed"
+    snapshot_id: str = ""
+    paths: list = field(default_factory=list)
+    count: int = 0
+    latency: float = 0.0  # save-to-commit time of the oldest capture in this commit, seconds
+    spooled: bool = False
+
+
+@dataclass
+class Spooled(Event):
+    """watch: the repository is unreachable; a file went to the local spool."""
+
+    message_type = "spooled"
+    object: str = ""
+    size: int = 0
+
+
+@dataclass
+class Synced(Event):
+    """watch: the spool was uploaded to the repository."""
+
+    message_type = "synced"
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass
 class Collector:
     """An ``emit`` that records events; used by tests and by ops that summarise."""
 

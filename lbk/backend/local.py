@@ -63,6 +63,10 @@ class LocalBackend:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileNotFoundError:
+                # only a data/<xx> leaf may be recreated; a missing repository (an
+                # unplugged disk) must fail, never be recreated on the root file system
+                if not os.path.isdir(os.path.dirname(d)) or not self.exists():
+                    raise BackendError(f"repository {self.root} is not reachable") from None
                 os.makedirs(d, mode=0o700, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -112,6 +116,8 @@ class LocalBackend:
             raise BackendError(f"cannot stat {h}: {e.strerror}") from e
 
     def list(self, kind: FileKind) -> Iterator[FileInfo]:
+        if not os.path.isdir(self.root):
+            raise BackendError(f"repository {self.root} is not reachable")
         if kind is FileKind.CONFIG:
             if self.exists():
                 yield FileInfo("config", os.stat(os.path.join(self.root, "config")).st_size)

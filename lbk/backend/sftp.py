@@ -61,6 +61,7 @@ inside that window calls fail at once instead of hammering a server that is down
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import posixpath
 import re
@@ -144,12 +145,13 @@ def parse_sftp_url(url: str) -> SftpTarget:
         if not m or not m.group("path"):
             raise UsageError(f"invalid sftp URL {url!r}: expected sftp:[user@]host:/path")
         path, port = m.group("path"), None
-    if path.startswith("~/"):
-        path = path[2:]
+    if path == "~" or path.startswith("~/"):
+        path = path[2:] or "."
     path = path.rstrip("/") or "/"
-    if path in ("~", "."):
-        path = "."
-    return SftpTarget(host=m.group("ip6") or m.group("host"), path=path, user=m.group("user"), port=port)
+    user = m.group("user")
+    if user and ":" in user:
+        raise UsageError(f"a password in the sftp URL is not supported: {url!r}; use a key or ssh-agent")
+    return SftpTarget(host=m.group("ip6") or m.group("host"), path=path, user=user, port=port)
 
 
 def open_sftp(url: str) -> "SftpBackend":
@@ -162,6 +164,12 @@ def open_sftp(url: str) -> "SftpBackend":
 
 def _line(x: object) -> str:
     return " ".join(str(x).split()) or type(x).__name__
+
+
+def _oserror(e: OSError) -> str:
+    if e.errno and e.errno > 0:
+        return os.strerror(e.errno)
+    return _line(e.strerror or e)
 
 
 _LOST = (
@@ -209,6 +217,7 @@ class SftpBackend:
         self._retry_at = 0.0
         self._last_error: BackendError | None = None
         self._fsync = True
+        self._background: set[asyncio.Future[None]] = set()
         self._dest = self.target.host  # "host:port" once connected, for messages
 
     # -- the loop thread ----------------------------------------------------------
@@ -226,6 +235,8 @@ class SftpBackend:
         fut = asyncio.run_coroutine_threadsafe(self._guarded(fn, what), self._ensure_loop())
         try:
             return fut.result()
+        except concurrent.futures.CancelledError:
+            raise BackendError(f"{what}: the backend was closed") from None
         except BaseException:
             fut.cancel()
             raise
@@ -247,7 +258,7 @@ class SftpBackend:
         except asyncssh.SFTPError as e:
             raise BackendError(f"{what}: server error: {_line(e.reason)}") from e
         except OSError as e:
-            raise BackendError(f"{what}: {_line(e.strerror or e)}") from e
+            raise BackendError(f"{what}: {_oserror(e)}") from e
 
     # -- connecting ---------------------------------------------------------------
     async def _client(self) -> asyncssh.SFTPClient:
@@ -287,11 +298,17 @@ class SftpBackend:
         if t.user is not None:
             kw["username"] = t.user
         try:
-            opts = await asyncssh.SSHClientConnectionOptions.construct(**kw)
+            # First without keys: asyncssh fails on an IdentityFile that does not exist,
+            # OpenSSH skips it (think of a stale ``Host *`` entry). Read the config, then
+            # load only the keys that are there.
+            opts = await asyncssh.SSHClientConnectionOptions.construct(**kw, client_keys=None)
         except (asyncssh.Error, ValueError, OSError) as e:
             raise BackendError(f"sftp {t.host}: bad ssh configuration: {_line(e)}") from e
         cfg = opts.config
-        over: dict[str, Any] = {}
+        over: dict[str, Any] = {"client_keys": ()}
+        if cfg.get("IdentityFile"):
+            over["client_keys"] = [p for p in cfg.get("IdentityFile") if os.path.exists(os.path.expanduser(p))]
+            over["ignore_encrypted"] = True  # a key with a passphrase can still come from the agent
         if self._connect_timeout is not None or cfg.get("ConnectTimeout") is None:
             over["connect_timeout"] = self._connect_timeout or CONNECT_TIMEOUT
         if self._keepalive_interval is not None or cfg.get("ServerAliveInterval") is None:
@@ -304,7 +321,10 @@ class SftpBackend:
                 c for c in have if c not in PREFERRED_CIPHERS
             ]
         over["compression_algs"] = None  # repository files are compressed and encrypted
-        opts = await asyncssh.SSHClientConnectionOptions.construct(opts, **over)
+        try:
+            opts = await asyncssh.SSHClientConnectionOptions.construct(opts, **over)
+        except (asyncssh.Error, ValueError, OSError) as e:
+            raise BackendError(f"sftp {t.host}: cannot load ssh keys: {_line(e)}") from e
         host, port, user = opts.host, opts.port, opts.username
         self._dest = f"{host}:{port}" if port != 22 else host
         backend = self
@@ -329,7 +349,7 @@ class SftpBackend:
         except (asyncio.TimeoutError, TimeoutError) as e:
             raise BackendError(f"sftp {self._dest}: no answer within {opts.connect_timeout:g} s (connect timeout)") from e
         except OSError as e:
-            raise BackendError(f"sftp {self._dest}: cannot connect: {_line(e.strerror or e)}") from e
+            raise BackendError(f"sftp {self._dest}: cannot connect: {_oserror(e)}") from e
         except (asyncssh.Error, ValueError) as e:
             raise BackendError(f"sftp {self._dest}: ssh connection failed: {_line(e)}") from e
         try:
@@ -405,6 +425,8 @@ class SftpBackend:
         self._call(op, f"cannot create repository at {self.location}")
 
     def save(self, h: Handle, data: bytes, *, overwrite: bool = False) -> None:
+        data = data if isinstance(data, bytes) else bytes(data)
+
         async def op(sftp: asyncssh.SFTPClient) -> None:
             d = self._dir(h)
             final = posixpath.join(d, h.name)
@@ -423,6 +445,11 @@ class SftpBackend:
                             await f.fsync()
                         except asyncssh.SFTPOpUnsupported:
                             self._fsync = False
+                except asyncssh.SFTPFailure as e:
+                    # OpenSSH reports ENOSPC and EDQUOT as a bare "Failure".
+                    raise BackendError(
+                        f"cannot write {h}: the server failed to store it ({_line(e.reason)}): disk full or over quota?"
+                    ) from e
                 finally:
                     await f.close()
                 if overwrite:
@@ -445,19 +472,44 @@ class SftpBackend:
         self._call(op, f"cannot write {h}")
 
     def load(self, h: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            check_range(h, 0, offset, length)  # raises
+
         async def op(sftp: asyncssh.SFTPClient) -> bytes:
-            async with sftp.open(self._path(h), "rb") as f:
-                size = (await f.stat()).size or 0
-                n = check_range(h, size, offset, length)
+            f = await sftp.open(self._path(h), "rb")
+            try:
+                if length:
+                    # A range read (the engine's blob fetch): no fstat round trip; a range
+                    # past the end comes back short and is refused below.
+                    n = length
+                else:
+                    n = check_range(h, (await f.stat()).size or 0, offset, length)
                 buf = await f.read(n, offset) if n else b""
+            except BaseException:
+                self._close_later(f)
+                raise
+            self._close_later(f)
             if len(buf) != n:
-                raise BackendError(f"{h}: short read: want {n} bytes at {offset}, got {len(buf)}")
+                raise BackendError(f"{h}: short read: want {offset}+{n} bytes, got {len(buf)}")
             return buf
 
         try:
             return self._call(op, f"cannot read {h}")
         except NotFound:
             raise NotFound(f"{h} not found") from None
+
+    def _close_later(self, f: asyncssh.SFTPClientFile) -> None:
+        """Close a read handle without waiting for the reply (saves a round trip)."""
+
+        async def close() -> None:
+            try:
+                await f.close()
+            except (asyncssh.Error, OSError):
+                pass
+
+        task = asyncio.ensure_future(close())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def stat(self, h: Handle) -> int:
         async def op(sftp: asyncssh.SFTPClient) -> int:
@@ -527,6 +579,12 @@ class SftpBackend:
                     await asyncio.wait_for(conn.wait_closed(), 2)
                 except (asyncio.TimeoutError, asyncssh.Error, OSError):
                     conn.abort()
+            # Calls still running in other threads must not wait forever on a dead loop.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            if others:
+                await asyncio.wait(others, timeout=2)
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)

@@ -131,6 +131,10 @@ class Backup:
         self._last_progress = 0.0
         self._current = b""
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-read")
+        # called with (directory path, its nodes, its tree id) for every tree written;
+        # the watch daemon keeps these as its in-memory mirror of the live tree
+        self.on_tree = None
+        self.torn: set[bytes] = set()  # files that kept changing while read (watch re-reads them)
 
     # -- progress ---------------------------------------------------------------
     def _progress(self, force: bool = False) -> None:
@@ -172,6 +176,8 @@ class Backup:
             self._error(path, e, "read")
             return None
         if changed:
+            with self._lock:
+                self.torn.add(path)
             self.emit(Warning_(message="file changed while it was read; stored the last version", path=path))
             st = os.lstat(path)
             node.mtime_ns, node.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
@@ -209,7 +215,7 @@ class Backup:
             with self._lock:
                 self.result.dirs += 1
             if self.opts.one_file_system and st.st_dev != root_dev:
-                node.subtree = self._save_tree([])
+                node.subtree = self._save_tree(path, [])
             else:
                 node.subtree = self._dir(path, root_dev)
         return node
@@ -228,9 +234,9 @@ class Backup:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as e:
             self._error(path, e, "list")
-            return self._save_tree([], error=True)
+            return self._save_tree(path, [])
         if self.opts.exclude_caches and self._is_cache_dir(path):
-            return self._save_tree([])
+            return self._save_tree(path, [])
         items: list = []
         for e in entries:
             if self.excluder.excluded(e.path, e.name):
@@ -243,17 +249,27 @@ class Backup:
             item = self._entry(e.path, e.name, st, root_dev)
             if item is not None:
                 items.append(item)
-        return self._save_tree(items)
+        return self._save_tree(path, items)
 
-    def _save_tree(self, items: list, error: bool = False) -> bytes:
+    def _save_tree(self, path: bytes, items: list) -> bytes:
         nodes = []
         for it in items:
             node = it.result() if isinstance(it, Future) else it
             if node is not None:
                 nodes.append(node)
-        data = encode_tree(nodes)
-        bid, _ = self.sink.save_blob(TREE, data)
+        bid, _ = self.sink.save_blob(TREE, encode_tree(nodes))
+        if self.on_tree is not None:
+            self.on_tree(path, nodes, bid)
         return bid
+
+    def node_for(self, path: bytes, root_dev: int | None = None) -> Node | None:
+        """A complete node for one path (a directory is scanned, a file read); None if gone."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        item = self._entry(path, os.path.basename(path), st, st.st_dev if root_dev is None else root_dev)
+        return item.result() if isinstance(item, Future) else item
 
     # -- top level -----------------------------------------------------------------
     def _prefix_tree(self, paths: list[bytes]) -> dict:
@@ -287,7 +303,7 @@ class Backup:
                 item.subtree = self._build(path, sub)
             if item is not None:
                 items.append(item)
-        return self._save_tree(items)
+        return self._save_tree(prefix, items)
 
     def run(self) -> BackupResult:
         start = time.monotonic()

@@ -229,8 +229,12 @@ class Repository:
             except (NotFound, BackendError):
                 pass  # a superseded index is ignored by readers; prune removes it
 
-    def flush(self) -> None:
-        """Upload partial packs and index everything written; call before saving a snapshot."""
+    def flush(self, consolidate: bool = True) -> None:
+        """Upload partial packs and index everything written; call before saving a snapshot.
+
+        With ``consolidate`` the index files written since the last consolidation are
+        replaced by one (the watch daemon consolidates every few dozen commits).
+        """
         with self._lock:
             packers = list(self._packers.values())
             self._packers.clear()
@@ -238,7 +242,8 @@ class Repository:
             if len(p):
                 self._upload(p)
         self._write_index()
-        self._consolidate_index()
+        if consolidate:
+            self._consolidate_index()
 
     # -- blobs: reading ------------------------------------------------------------
     def blob_location(self, blob_id: bytes) -> BlobLocation:

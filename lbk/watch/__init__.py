@@ -1,0 +1,1 @@
+"""The watch daemon: continuous capture, offline spool, status file."""

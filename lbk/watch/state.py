@@ -1,0 +1,79 @@
+"""The watch state file that ``lbk status`` reads without a password.
+
+One directory per watched repository, keyed by a hash of its location (the repository
+id is not known before it is opened, and offline it may never be):
+
+    <cache>/watch-<blake3(location)[:16]>/state.json     0600, rewritten atomically
+
+It holds no secret beyond what ``ps`` shows (paths under watch, the repository location).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import blake3
+
+from lbk.cache import private_dir, write_private
+
+STATE_VERSION = 1
+
+
+def state_dir(cache_root: str, location: str) -> str:
+    return private_dir(os.path.join(cache_root, "watch-" + blake3.blake3(location.encode()).hexdigest()[:16]))
+
+
+@dataclass
+class WatchState:
+    version: int = STATE_VERSION
+    pid: int = 0
+    repository: str = ""
+    paths: list[str] = field(default_factory=list)
+    started: float = 0.0
+    updated: float = 0.0
+    phase: str = "starting"  # starting, scanning, watching, stopping, stopped
+    online: bool = True
+    last_commit: float | None = None
+    last_snapshot: str | None = None
+    commits: int = 0
+    captures: int = 0
+    pending: int = 0
+    spool_files: int = 0
+    spool_bytes: int = 0
+    oldest_unsynced: float | None = None  # capture time of the oldest version not in the repository
+    last_error: str | None = None
+    last_error_time: float | None = None
+
+    def save(self, directory: str) -> None:
+        self.updated = time.time()
+        write_private(os.path.join(directory, "state.json"), json.dumps(asdict(self)).encode())
+
+
+def load_states(cache_root: str) -> list[WatchState]:
+    out = []
+    for p in sorted(glob.glob(os.path.join(cache_root, "watch-*", "state.json"))):
+        try:
+            with open(p, "rb") as f:
+                doc = json.load(f)
+            if doc.get("version") != STATE_VERSION:
+                continue
+            out.append(WatchState(**{k: v for k, v in doc.items() if k in WatchState.__dataclass_fields__}))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def is_running(st: WatchState) -> bool:
+    if st.phase == "stopped" or st.pid <= 0:
+        return False
+    try:
+        os.kill(st.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
