@@ -131,6 +131,8 @@ class Backup:
         self._last_progress = 0.0
         self._current = b""
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-read")
+        # bounds the files queued ahead of the readers (memory), not the walk itself
+        self._inflight = threading.BoundedSemaphore(WORKERS * 32)
         # called with (directory path, its nodes, its tree id) for every tree written;
         # the watch daemon keeps these as its in-memory mirror of the live tree
         self.on_tree = None
@@ -210,7 +212,10 @@ class Backup:
                 self.result.total_bytes += st.st_size
             if self._unchanged(path, st, node):
                 return node
-            return self.pool.submit(self._file, path, st, node)
+            self._inflight.acquire()
+            fut = self.pool.submit(self._file, path, st, node)
+            fut.add_done_callback(lambda _f: self._inflight.release())
+            return fut
         if node.type == DIR:
             with self._lock:
                 self.result.dirs += 1

@@ -24,6 +24,7 @@ from lbk.repo.lock import Lock
 
 MAX_FILE = 256 * 1024 * 1024  # bound for decompressed sealed files (indexes, snapshots)
 INDEX_EVERY = 4  # index this many new packs at once, so an interrupted run's packs are reused
+UPLOADS_IN_FLIGHT = 3
 
 
 class Repository:
@@ -41,6 +42,12 @@ class Repository:
         self._session_packs: dict[str, list[pack_mod.PackEntry]] = {}
         self._session_indexes: list[str] = []
         self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        # full packs are written by uploader threads, so hashing/compressing/encrypting
+        # goes on while a pack is written and fsynced; at most UPLOADS_IN_FLIGHT wait
+        self._uploader: ThreadPoolExecutor | None = None
+        self._upload_slots = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
+        self._uploads: list = []
+        self._upload_error: BaseException | None = None
         self.stats_added = {"blobs": 0, "raw_bytes": 0, "stored_bytes": 0, "packs": 0}
 
     @property
@@ -168,6 +175,8 @@ class Repository:
 
     def save_blob(self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, bool]:
         """Store a blob unless it is known; returns (id, newly stored). Thread-safe."""
+        if self._upload_error is not None:
+            raise self._upload_error
         if blob_id is None:
             blob_id = self.master.blob_id(data)
         with self._lock:
@@ -188,8 +197,31 @@ class Repository:
             if packer.size >= self.config.pack_size:
                 full = self._packers.pop(blob_type)
         if full is not None:
-            self._upload(full)
+            self._queue_upload(full)
         return blob_id, True
+
+    def _queue_upload(self, packer: pack_mod.PackWriter) -> None:
+        self._upload_slots.acquire()
+        with self._lock:
+            if self._uploader is None:
+                self._uploader = ThreadPoolExecutor(2, thread_name_prefix="lbk-upload")
+            fut = self._uploader.submit(self._upload_and_release, packer)
+            self._uploads.append(fut)
+
+    def _upload_and_release(self, packer: pack_mod.PackWriter) -> None:
+        try:
+            self._upload(packer)
+        except BaseException as e:
+            self._upload_error = e
+            raise
+        finally:
+            self._upload_slots.release()
+
+    def wait_uploads(self) -> None:
+        with self._lock:
+            futs, self._uploads = self._uploads, []
+        for f in futs:
+            f.result()  # re-raises the first upload error
 
     def _upload(self, packer: pack_mod.PackWriter) -> None:
         name, data, entries = packer.finish(self.master.encrypt)
@@ -240,7 +272,8 @@ class Repository:
             self._packers.clear()
         for p in packers:
             if len(p):
-                self._upload(p)
+                self._queue_upload(p)
+        self.wait_uploads()
         self._write_index()
         if consolidate:
             self._consolidate_index()
@@ -295,4 +328,6 @@ class Repository:
             yield f.name
 
     def close(self) -> None:
+        if self._uploader is not None:
+            self._uploader.shutdown(wait=True)
         self.backend.close()

@@ -209,6 +209,7 @@ def test_full_packs_are_uploaded_and_indexed_without_flush(mem_repo, monkeypatch
     mem_repo.config.pack_size = 1  # every blob fills a pack
     for i in range(7):
         mem_repo.save_blob(DATA, b"blob %d" % i)
+    mem_repo.wait_uploads()  # full packs are written by uploader threads
     assert len(names(mem_repo, FileKind.DATA)) == 7
     assert len(names(mem_repo, FileKind.INDEX)) == 2  # after packs 3 and 6
     fresh = reopen(mem_repo)
