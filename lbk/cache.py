@@ -3,11 +3,15 @@
 Per repository id, under the cache dir (created 0700, files 0600):
 
     <cache>/<repo id>/files      metadata of files seen by the last backups, so unchanged
-                                 files (same size, mtime, ctime, inode) are not re-read
+                                 files (same size, mtime, ctime, inode) are not re-read,
+                                 and a signature per directory, so an unchanged directory
+                                 reuses its tree id without rebuilding its nodes
 
-The files cache is a ``marshal``-encoded dict ``{path bytes: (size, mtime_ns, ctime_ns,
-inode, content ids joined)}`` written atomically. Entries are trusted only if every
-content id is still in the repository index.
+It is ``marshal``-encoded ``(2, files, dirs)``: ``files`` maps path bytes to ``(size,
+mtime_ns, ctime_ns, inode, content ids joined)``, ``dirs`` maps a directory path to
+``(signature, tree id)`` where the signature is a BLAKE3 over the lstat of every entry
+kept (and the subtree ids). Entries are trusted only while the ids they name are in the
+repository index. Written atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ CACHEDIR_TAG = (
     b"Signature: 8a477f597d28d172789f06886806bc55\n"
     b"# This file is a cache directory tag created by lbk.\n"
 )
-FILES_VERSION = 1
+FILES_VERSION = 2
 
 
 def default_cache_dir() -> str:
@@ -59,15 +63,23 @@ class Cache:
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
-    def load_files(self) -> dict[bytes, tuple]:
+    def load(self) -> tuple[dict[bytes, tuple], dict[bytes, tuple[bytes, bytes]]]:
+        """(files, dirs); both empty when the cache is missing, damaged or of another version."""
         try:
             with open(self.path("files"), "rb") as f:
-                version, entries = marshal.load(f)
-            if version != FILES_VERSION or not isinstance(entries, dict):
-                return {}
-            return entries
+                version, files, dirs = marshal.load(f)
+            if version != FILES_VERSION or not isinstance(files, dict) or not isinstance(dirs, dict):
+                return {}, {}
+            return files, dirs
         except (OSError, ValueError, EOFError, TypeError):
-            return {}
+            return {}, {}
 
-    def save_files(self, entries: dict[bytes, tuple]) -> None:
-        write_private(self.path("files"), marshal.dumps((FILES_VERSION, entries)))
+    def load_files(self) -> dict[bytes, tuple]:
+        return self.load()[0]
+
+    def save(self, files: dict[bytes, tuple], dirs: dict[bytes, tuple[bytes, bytes]]) -> None:
+        write_private(self.path("files"), marshal.dumps((FILES_VERSION, files, dirs)))
+
+    def save_files(self, files: dict[bytes, tuple]) -> None:
+        """Replace the files part, keeping the directory signatures."""
+        self.save(files, self.load()[1])

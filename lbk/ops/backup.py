@@ -13,11 +13,15 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
+import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+import blake3
 
 from lbk.cache import Cache
 from lbk.errors import Interrupted, UsageError
@@ -31,6 +35,9 @@ from lbk.repo.repository import Repository
 from lbk.repo.snapshots import save_snapshot
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+# a directory's signature: lstat of every kept entry (+ subtree ids); bump on tree changes
+DIR_SIG_VERSION = b"lbk-dirsig-1"
+_SIG = struct.Struct("<HIIIQqqQQQQ")
 WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
 
 
@@ -124,8 +131,9 @@ class Backup:
         self.reader = Reader(self.sink)
         patterns = (DEFAULT_EXCLUDES if opts.default_excludes else []) + list(opts.excludes)
         self.excluder = Excluder(patterns, [os.path.abspath(p) for p in opts.exclude_paths])
-        self.old_files = cache.load_files() if cache else {}
+        self.old_files, self.old_dirs = cache.load() if cache else ({}, {})
         self.new_files: dict[bytes, tuple] = {}
+        self.new_dirs: dict[bytes, tuple[bytes, bytes]] = {}
         self.result = BackupResult(snapshot=None)
         self._lock = threading.Lock()
         self._last_progress = 0.0
@@ -199,8 +207,10 @@ class Backup:
         return node
 
     # -- directories ---------------------------------------------------------------
-    def _entry(self, path: bytes, name: bytes, st: os.stat_result, root_dev: int):
-        """A node or a future of one for a path whose lstat is ``st``; None to skip."""
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result, root_dev: int, subtree: bytes | None = None):
+        """A node or a future of one for a path whose lstat is ``st``; None to skip.
+
+        For a directory whose tree was already built, ``subtree`` is its id."""
         try:
             node = make_node(path, name, st)
         except OSError as e:
@@ -217,13 +227,15 @@ class Backup:
             fut.add_done_callback(lambda _f: self._inflight.release())
             return fut
         if node.type == DIR:
-            with self._lock:
-                self.result.dirs += 1
-            if self.opts.one_file_system and st.st_dev != root_dev:
-                node.subtree = self._save_tree(path, [])
-            else:
-                node.subtree = self._dir(path, root_dev)
+            node.subtree = subtree if subtree is not None else self._subdir(path, st, root_dev)
         return node
+
+    def _subdir(self, path: bytes, st: os.stat_result, root_dev: int) -> bytes:
+        with self._lock:
+            self.result.dirs += 1
+        if self.opts.one_file_system and st.st_dev != root_dev:
+            return self._save_tree(path, [])
+        return self._dir(path, root_dev)
 
     def _is_cache_dir(self, path: bytes) -> bool:
         try:
@@ -242,7 +254,9 @@ class Backup:
             return self._save_tree(path, [])
         if self.opts.exclude_caches and self._is_cache_dir(path):
             return self._save_tree(path, [])
-        items: list = []
+        kept: list[tuple[os.DirEntry, os.stat_result, bytes | None]] = []
+        complete = True
+        sig = blake3.blake3(DIR_SIG_VERSION)
         for e in entries:
             if self.excluder.excluded(e.path, e.name):
                 continue
@@ -250,11 +264,48 @@ class Backup:
                 st = e.stat(follow_symlinks=False)
             except OSError as err:
                 self._error(e.path, err, "stat")
+                complete = False
                 continue
-            item = self._entry(e.path, e.name, st, root_dev)
+            sub = self._subdir(e.path, st, root_dev) if stat.S_ISDIR(st.st_mode) else None
+            sig.update(_SIG.pack(len(e.name), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                                 st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev))
+            sig.update(e.name)
+            if sub is not None:
+                sig.update(sub)
+            kept.append((e, st, sub))
+        digest = sig.digest()
+        if complete and self.on_tree is None:
+            reused = self._reuse_tree(path, digest, kept)
+            if reused is not None:
+                return reused
+        items: list = []
+        for e, st, sub in kept:
+            item = self._entry(e.path, e.name, st, root_dev, sub)
             if item is not None:
                 items.append(item)
-        return self._save_tree(path, items)
+        tree = self._save_tree(path, items)
+        if complete:
+            self.new_dirs[path] = (digest, tree)
+        return tree
+
+    def _reuse_tree(self, path: bytes, digest: bytes, kept: list) -> bytes | None:
+        """The cached tree id when no entry of the directory changed (by lstat); then its
+        files are not even looked at one by one (their cache entries are carried over)."""
+        old = self.old_dirs.get(path)
+        if old is None or old[0] != digest or old[1] not in self.repo.index:
+            return None
+        files = [(e.path, st) for e, st, _ in kept if stat.S_ISREG(st.st_mode)]
+        carried = [(p, self.old_files.get(p)) for p, _ in files]
+        if any(v is None for _, v in carried):
+            return None
+        with self._lock:
+            r = self.result
+            r.files_unchanged += len(files)
+            r.total_files += len(files)
+            r.total_bytes += sum(st.st_size for _, st in files)
+            self.new_files.update(carried)
+        self.new_dirs[path] = old
+        return old[1]
 
     def _save_tree(self, path: bytes, items: list) -> bytes:
         nodes = []
@@ -358,10 +409,13 @@ class Backup:
 
     def _save_cache(self, paths: list[bytes]) -> None:
         prefixes = tuple(p.rstrip(b"/") + b"/" for p in paths)
-        merged = {k: v for k, v in self.old_files.items() if not (k in paths or k.startswith(prefixes))}
-        merged.update(self.new_files)
+        def merge(old: dict, new: dict) -> dict:
+            out = {k: v for k, v in old.items() if not (k in paths or k.startswith(prefixes))}
+            out.update(new)
+            return out
+
         try:
-            self.cache.save_files(merged)
+            self.cache.save(merge(self.old_files, self.new_files), merge(self.old_dirs, self.new_dirs))
         except OSError as e:
             self.emit(Warning_(message=f"could not update the files cache: {e.strerror}"))
 

@@ -45,27 +45,26 @@ class PackWriter:
     """Accumulates sealed blobs; ``finish`` returns (pack name, bytes, entries)."""
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.buf = bytearray()  # one growing buffer: finishing a pack copies nothing
         self.entries: list[PackEntry] = []
         self.size = 0
 
     def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed), raw_length))
-        self.parts.append(sealed)
+        self.buf += sealed
         self.size += len(sealed)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, key: bytes) -> tuple[str, bytes, list[PackEntry]]:
+    def finish(self, key: bytes) -> tuple[str, bytearray, list[PackEntry]]:
         header = bytearray(_HEAD.pack(HEADER_VERSION, len(self.entries)))
         for e in self.entries:
             header += _ENTRY.pack(e.type, e.id, e.length, e.raw_length)
         sealed = crypto.seal(key, bytes(header), b"lbk:packheader")
-        self.parts.append(sealed)
-        self.parts.append(_TRAILER.pack(len(sealed)))
-        data = b"".join(self.parts)
-        self.parts = []
+        data, self.buf = self.buf, bytearray()
+        data += sealed
+        data += _TRAILER.pack(len(sealed))
         return crypto.content_hash(data), data, self.entries
 
 

@@ -24,7 +24,7 @@ from lbk.repo.lock import Lock
 
 MAX_FILE = 256 * 1024 * 1024  # bound for decompressed sealed files (indexes, snapshots)
 INDEX_EVERY = 4  # index this many new packs at once, so an interrupted run's packs are reused
-UPLOADS_IN_FLIGHT = 3
+UPLOADS_IN_FLIGHT = 2
 
 
 class Repository:

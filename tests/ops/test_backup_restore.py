@@ -278,3 +278,45 @@ def test_node_for_file_names_that_are_not_utf8_round_trip():
     from lbk.model import decode_tree
 
     assert decode_tree(encode_tree([n]))[0].name == b"\xff\xfe-x"
+
+
+def test_unchanged_directories_reuse_their_tree_without_rebuilding_nodes(local_repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_torture_tree(str(src))
+    cache = Cache(str(tmp_path / "cache"), local_repo.id)
+    first, _ = do_backup(local_repo, [src], cache)
+    import lbk.ops.backup as backup_mod
+
+    calls = []
+    real = backup_mod.make_node
+    monkeypatch.setattr(backup_mod, "make_node", lambda p, *a: calls.append(p) or real(p, *a))
+    second, _ = do_backup(local_repo, [src], cache)
+    assert second.snapshot.tree == first.snapshot.tree
+    assert not [c for c in calls if c.startswith(os.fsencode(src) + b"/")], "unchanged entries were rebuilt"
+    assert second.files_unchanged == first.files_new
+
+
+@pytest.mark.parametrize("change", ["chmod", "xattr", "touch", "rename"])
+def test_metadata_only_changes_are_seen_by_the_directory_signature(local_repo, tmp_path, change):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    f = src / "d" / "f.txt"
+    f.write_bytes(b"content")
+    cache = Cache(str(tmp_path / "cache"), local_repo.id)
+    first, _ = do_backup(local_repo, [src], cache)
+    if change == "chmod":
+        os.chmod(f, 0o600)
+    elif change == "xattr":
+        try:
+            os.setxattr(f, b"user.changed", b"1")
+        except OSError:
+            pytest.skip("no user xattrs on this file system")
+    elif change == "touch":
+        os.utime(f, ns=(1, 1))
+    else:
+        os.rename(f, src / "d" / "g.txt")
+    second, _ = do_backup(local_repo, [src], cache)
+    assert subtree(local_repo, second.snapshot, src / "d") != subtree(local_repo, first.snapshot, src / "d")
+    out = tmp_path / "out"
+    do_restore(local_repo, second.snapshot, out)
+    assert_same_tree(str(src), str(out / str(src).lstrip("/")))
