@@ -35,7 +35,7 @@ def snapshots_cmd(kind, checkpoints, latest, host, tags, path) -> None:
         return
     s.out.print(f"{'ID':<10}{'Time':<21}{'Kind':<14}{'Name':<14}{'Host':<16}{'Tags':<14}{'Size':>10}  Paths")
     for x in snaps:
-        size = human_size(x.summary.get("total_bytes", 0)) if x.summary else ""
+        size = human_size(x.summary["total_bytes"]) if "total_bytes" in x.summary else ""
         s.out.print(
             f"{x.short_id:<10}{fmt_time(x.time):<21}{x.kind:<14}{x.name[:13]:<14}{x.host[:15]:<16}"
             f"{','.join(x.tags)[:13]:<14}{size:>10}  {', '.join(os.fsdecode(p) for p in x.paths)}"
