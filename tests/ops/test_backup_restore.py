@@ -320,3 +320,77 @@ def test_metadata_only_changes_are_seen_by_the_directory_signature(local_repo, t
     out = tmp_path / "out"
     do_restore(local_repo, second.snapshot, out)
     assert_same_tree(str(src), str(out / str(src).lstrip("/")))
+
+
+@pytest.mark.parametrize("writes_during_read,expect_warning", [(1, False), (10, True)])
+def test_file_changing_while_read_is_reread_or_reported(local_repo, tmp_path, monkeypatch, writes_during_read, expect_warning):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "growing.log"
+    f.write_bytes(b"start\n" * 100000)
+    import lbk.ops.walk as walk
+    from lbk.events import Warning_
+
+    real = walk.Reader._read_once
+    calls = {"n": 0}
+
+    def racing(self, path, expect, strict=True):
+        out = real(self, path, expect, strict)
+        calls["n"] += 1
+        if calls["n"] <= writes_during_read:  # a writer appends right as the read ends
+            with open(path, "ab") as fh:
+                fh.write(b"appended during the read\n")
+            os.utime(path, ns=(calls["n"], calls["n"] * 1_000_000_000))
+        return out
+
+    def strict_check(self, path, expect, strict=True):
+        out = racing(self, path, expect, strict)
+        st = os.lstat(path)
+        if strict and (st.st_size != out[1] or st.st_mtime_ns != expect.st_mtime_ns):
+            raise walk.FileChanged
+        return out
+
+    monkeypatch.setattr(walk.Reader, "_read_once", strict_check)
+    res, ev = do_backup(local_repo, [src])
+    warnings = [w for w in ev.of(Warning_) if w.path == os.fsencode(f)]
+    assert bool(warnings) == expect_warning
+    out = tmp_path / "out"
+    do_restore(local_repo, res.snapshot, out)
+    restored = (out / str(f).lstrip("/")).read_bytes()
+    if not expect_warning:
+        assert restored == f.read_bytes()  # the re-read stored the settled version
+    assert calls["n"] >= 2
+
+
+def test_concurrent_writer_is_detected_by_fstat_before_and_after(local_repo, tmp_path):
+    import threading
+
+    from lbk.events import Warning_
+
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "busy.db"
+    f.write_bytes(os.urandom(48 << 20))  # reading, chunking and sealing takes a while
+    stop = threading.Event()
+
+    def writer():
+        with open(f, "r+b") as fh:
+            i = 0
+            while not stop.is_set():
+                fh.seek(i % (48 << 20))
+                fh.write(b"x")
+                fh.flush()
+                i += 4096
+                time.sleep(0.002)
+
+    import time
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        res, ev = do_backup(local_repo, [src])
+    finally:
+        stop.set()
+        t.join()
+    assert [w.path for w in ev.of(Warning_)] == [os.fsencode(f)]
+    assert res.snapshot is not None and res.errors == 0
