@@ -26,28 +26,33 @@ ConnectTimeout and ServerAlive* from it are honoured, keys in the SSH agent are 
 and the host key must be in known_hosts: an unknown or changed key is refused with one
 line that says how to accept it. Nothing here ever asks a question on a terminal.
 
-Why asyncssh, not paramiko (measured, 256 MiB over loopback to OpenSSH 9.2, 2 cores,
-aes128-gcm; ``bench/sftp_throughput.py`` reproduces the first row):
+Why asyncssh, not paramiko: measured with 256 MiB over loopback to OpenSSH 9.2 on a
+busy 2-core machine, aes128-gcm for all, range over 5 runs in two sessions (median of
+the last three):
 
-    ============================================  =========  ==========
-    client                                        put MiB/s  get MiB/s
-    ============================================  =========  ==========
-    asyncssh ``write``/``read`` (parallel reqs)   104-143    113-135
-    paramiko, TCP_NODELAY, 1 MiB pipelined writes  78-90     34-64 prefetch, 66-86 readv
-    ``sftp`` binary (OpenSSH, same cipher)        159        150
-    ============================================  =========  ==========
+    =================================================  ================  ================
+    client                                             put MiB/s         get MiB/s
+    =================================================  ================  ================
+    ``sftp`` binary (the ceiling)                      117-170 (155)     129-260 (152)
+    asyncssh ``write``/``read`` (parallel requests)    95-143 (116)      92-140 (109)
+    paramiko, own socket with TCP_NODELAY, pipelined   78-157 (96)       36-86 (65) readv,
+    1 MiB writes                                                         34-58 (44) prefetch
+    =================================================  ================  ================
 
-asyncssh issues up to 128 parallel read/write requests per call and sets TCP_NODELAY
+asyncssh keeps up to 128 read/write requests in flight per call and sets TCP_NODELAY
 itself; paramiko needs its socket built by hand for TCP_NODELAY, and its prefetching
-``read(n)`` is quadratic for large ``n`` (bytes concatenation), so a 256 MiB read ran
-for minutes. asyncssh also reads ``~/.ssh/config`` the way OpenSSH does (Match,
+``read(n)`` is quadratic in ``n`` (bytes concatenation: a single 256 MiB read ran for
+minutes). asyncssh also reads ``~/.ssh/config`` the way OpenSSH does (Match,
 ProxyJump, hashed known_hosts) where paramiko leaves most of that to the caller.
+``bench/sftp_throughput.py`` measures this backend against the ``sftp`` binary.
 
-Concurrency: each backend owns one asyncio loop in a daemon thread and one SSH
-connection with one SFTP channel. The public methods are ordinary blocking calls,
-safe from any number of threads: they submit a coroutine to that loop and wait, so
-saves and loads from several engine threads run as interleaved, pipelined SFTP
-requests on the one channel.
+Concurrency: each backend owns one asyncio loop in a daemon thread. The public methods
+are ordinary blocking calls, safe from any number of threads: they submit a coroutine
+to that loop and wait, so saves and loads from several engine threads become
+interleaved, pipelined SFTP requests. Calls go to an idle SSH connection; when all are
+busy a second one is opened in the background (``connections``, default 2), because
+OpenSSH's sftp-server answers one request at a time and a second connection keeps data
+flowing while the first waits for an fsync. One caller never costs a second handshake.
 
 Failure: the TCP+SSH handshake must finish within ``connect_timeout`` (10 s) and the
 server must answer an SSH keepalive every ``keepalive_interval`` (5 s) with at most
@@ -82,6 +87,10 @@ __all__ = ["SftpTarget", "SftpBackend", "parse_sftp_url", "open_sftp"]
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT_MAX = 3
+# Two: while OpenSSH's sftp-server fsyncs one pack, a second connection keeps the next
+# one flowing (+17% for 4 threads saving 16 MiB packs here, median of 8 runs: 97 -> 114
+# MiB/s; more where fsync is slower). Loads gain nothing measurable.
+CONNECTIONS = 2
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 # AES-GCM runs on AES-NI and roughly doubles throughput over the default chacha20.
@@ -112,14 +121,10 @@ class SftpTarget:
         return f"sftp:{user}{host}:{self.path}"
 
 
-_URL_FORM = re.compile(
-    r"sftp://(?:(?P<user>[^@/]+(?:@[^@/]+)*)@)?(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:/@\[\]]+))(?::(?P<port>[^/]*))?(?P<path>/.*)?\Z",
-    re.S,
-)
-_SCP_FORM = re.compile(
-    r"sftp:(?:(?P<user>[^@/]+(?:@[^@/]+)*)@)?(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:/@\[\]]+)):(?P<path>.*)\Z",
-    re.S,
-)
+_USER = r"(?:(?P<user>[^@/]+(?:@[^@/]+)*)@)?"  # may hold '@' (user@domain@host)
+_HOST = r"(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:/@\[\]]+))"
+_URL_FORM = re.compile(rf"sftp://{_USER}{_HOST}(?::(?P<port>[^/]*))?(?P<path>/.*)?\Z", re.S)
+_SCP_FORM = re.compile(rf"sftp:{_USER}{_HOST}:(?P<path>.*)\Z", re.S)
 
 
 def parse_sftp_url(url: str) -> SftpTarget:
@@ -166,6 +171,25 @@ def _line(x: object) -> str:
     return " ".join(str(x).split()) or type(x).__name__
 
 
+@dataclass(eq=False)
+class _Link:
+    """One SSH connection with its SFTP channel, and how many calls are using it."""
+
+    conn: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+    busy: int = 0
+
+
+class _Client(asyncssh.SSHClient):
+    """Remembers why the connection ended ("Server not responding to keepalive")."""
+
+    lost_reason: str | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.lost_reason = _line(exc)
+
+
 def _oserror(e: OSError) -> str:
     if e.errno and e.errno > 0:
         return os.strerror(e.errno)
@@ -192,8 +216,12 @@ class SftpBackend:
         keepalive_interval: float | None = None,
         keepalive_count_max: int | None = None,
         config: tuple | list | None = (),
+        connections: int = CONNECTIONS,
     ):
         """``None`` for a timing means: from ``~/.ssh/config``, else the module default.
+
+        ``connections`` caps the SSH connections to the server; the second one is only
+        opened when calls overlap.
 
         ``config`` is asyncssh's: ``()`` reads ``~/.ssh/config``, ``None`` reads nothing,
         a list names the files.
@@ -208,11 +236,11 @@ class SftpBackend:
         self._thread_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._max_links = max(1, connections)
         # Owned by the loop thread:
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self._sftp: asyncssh.SFTPClient | None = None
+        self._links: list[_Link] = []
+        self._opening_extra = False
         self._connect_lock: asyncio.Lock | None = None
-        self._lost_reason: str | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error: BackendError | None = None
@@ -242,9 +270,10 @@ class SftpBackend:
             raise
 
     async def _guarded(self, fn: Callable[[asyncssh.SFTPClient], Awaitable[_T]], what: str) -> _T:
-        sftp = await self._client()
+        link = await self._link()
+        link.busy += 1
         try:
-            return await fn(sftp)
+            return await fn(link.sftp)
         except (BackendError, UsageError):
             raise
         except asyncssh.SFTPNoSuchFile as e:
@@ -252,43 +281,65 @@ class SftpBackend:
         except asyncssh.SFTPPermissionDenied as e:
             raise BackendError(f"{what}: permission denied on {self._dest}") from e
         except _LOST as e:
-            reason = self._lost_reason or _line(e)
-            self._drop()
+            reason = getattr(link.conn.get_owner(), "lost_reason", None) or _line(e)
+            self._drop(link)
             raise BackendError(f"{what}: connection to {self._dest} lost: {reason}") from e
         except asyncssh.SFTPError as e:
             raise BackendError(f"{what}: server error: {_line(e.reason)}") from e
         except OSError as e:
             raise BackendError(f"{what}: {_oserror(e)}") from e
+        finally:
+            link.busy -= 1
 
     # -- connecting ---------------------------------------------------------------
-    async def _client(self) -> asyncssh.SFTPClient:
-        if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
-            return self._sftp
+    async def _link(self) -> _Link:
+        """An idle connection; else open one more in the background and share the least busy."""
+        self._links = [x for x in self._links if not x.conn.is_closed()]
+        if self._links:
+            best = min(self._links, key=lambda x: x.busy)
+            if best.busy and len(self._links) < self._max_links and not self._opening_extra:
+                self._opening_extra = True
+                self._spawn(self._open_extra())
+            return best
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
-            if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
-                return self._sftp
-            self._drop()
+            self._links = [x for x in self._links if not x.conn.is_closed()]
+            if self._links:
+                return self._links[0]
             now = time.monotonic()
             if now < self._retry_at and self._last_error is not None:
                 wait = self._retry_at - now
                 raise BackendError(f"{self._last_error.message} (next attempt in {wait:.1f} s)")
             try:
-                self._conn, self._sftp = await self._connect()
+                link = _Link(*await self._connect())
             except BackendError as e:
                 self._backoff = min(max(self._backoff * 2, BACKOFF_START), BACKOFF_MAX)
                 self._retry_at = time.monotonic() + self._backoff
                 self._last_error = e
                 raise
             self._backoff, self._retry_at, self._last_error = 0.0, 0.0, None
-            self._lost_reason = None
-            return self._sftp
+            self._links.append(link)
+            return link
 
-    def _drop(self) -> None:
-        conn, self._conn, self._sftp = self._conn, None, None
-        if conn is not None:
-            conn.abort()
+    async def _open_extra(self) -> None:
+        try:
+            link = _Link(*await self._connect())
+        except BackendError:
+            return  # the first connection carries on alone
+        finally:
+            self._opening_extra = False
+        self._links.append(link)  # not before the await: _link() replaces the list
+
+    def _drop(self, link: _Link) -> None:
+        if link in self._links:
+            self._links.remove(link)
+        link.conn.abort()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _connect(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
         t = self.target
@@ -327,13 +378,6 @@ class SftpBackend:
             raise BackendError(f"sftp {t.host}: cannot load ssh keys: {_line(e)}") from e
         host, port, user = opts.host, opts.port, opts.username
         self._dest = f"{host}:{port}" if port != 22 else host
-        backend = self
-
-        class _Client(asyncssh.SSHClient):
-            def connection_lost(self, exc: Exception | None) -> None:
-                if exc is not None:
-                    backend._lost_reason = _line(exc)
-
         try:
             conn = await asyncssh.connect(
                 t.host, t.port or (), config=self._config, options=opts, client_factory=_Client
@@ -372,6 +416,8 @@ class SftpBackend:
             pass
         name = f"[{host}]:{port}" if port != 22 else host
         p = f"-p {port} " if port != 22 else ""
+        t = self.target  # `ssh` reads ~/.ssh/config as we do; ssh-keyscan needs the real host
+        ssh = f"ssh {f'-p {t.port} ' if t.port else ''}{f'{t.user}@' if t.user else ''}{t.host}"
         if changed:
             return BackendError(
                 f"sftp {self._dest}: the host key has CHANGED since it was accepted (possible "
@@ -380,7 +426,7 @@ class SftpBackend:
             )
         return BackendError(
             f"sftp {self._dest}: host key is unknown; check the fingerprint and accept it by "
-            f"connecting once with `ssh {p}{host}`, or run `ssh-keyscan {p}{host} >> {shown}`"
+            f"connecting once with `{ssh}`, or run `ssh-keyscan {p}{host} >> {shown}`"
         )
 
     # -- layout -------------------------------------------------------------------
@@ -462,11 +508,10 @@ class SftpBackend:
                             raise BackendError(f"{h} already exists") from None
                         raise
             except BaseException:
-                if self._conn is not None and not self._conn.is_closed():
-                    try:
-                        await asyncio.wait_for(sftp.remove(tmp), 5)
-                    except (asyncssh.Error, OSError, asyncio.TimeoutError):
-                        pass
+                try:  # fails at once when the connection is gone; sweep_temporary remains
+                    await asyncio.wait_for(sftp.remove(tmp), 5)
+                except (asyncssh.Error, OSError, asyncio.TimeoutError):
+                    pass
                 raise
 
         self._call(op, f"cannot write {h}")
@@ -507,9 +552,7 @@ class SftpBackend:
             except (asyncssh.Error, OSError):
                 pass
 
-        task = asyncio.ensure_future(close())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(close())
 
     def stat(self, h: Handle) -> int:
         async def op(sftp: asyncssh.SFTPClient) -> int:
@@ -572,13 +615,14 @@ class SftpBackend:
             return
 
         async def shutdown() -> None:
-            conn, self._conn, self._sftp = self._conn, None, None
-            if conn is not None:
-                conn.close()
+            links, self._links = self._links, []
+            for link in links:
+                link.conn.close()
+            for link in links:
                 try:
-                    await asyncio.wait_for(conn.wait_closed(), 2)
+                    await asyncio.wait_for(link.conn.wait_closed(), 2)
                 except (asyncio.TimeoutError, asyncssh.Error, OSError):
-                    conn.abort()
+                    link.conn.abort()
             # Calls still running in other threads must not wait forever on a dead loop.
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in others:

@@ -10,8 +10,9 @@ import pytest
 
 from lbk.backend.local import LocalBackend
 from lbk.backend.mem import MemoryBackend
+from lbk.backend.sftp import open_sftp
 
-BACKENDS = ["mem", "local"]
+BACKENDS = ["mem", "local", "sftp"]
 
 
 @pytest.fixture
@@ -22,6 +23,12 @@ def mem_backend():
 @pytest.fixture
 def local_backend(tmp_path):
     yield LocalBackend(str(tmp_path / "repo"))
+
+
+@pytest.fixture
+def sftp_backend(ssh_home, tmp_path):
+    """A fresh directory on the session's real sshd, reached through the ``lbktest`` alias."""
+    yield open_sftp(ssh_home.url(ssh_home.server.root / tmp_path.name / "repo"))
 
 
 @pytest.fixture(params=BACKENDS)
