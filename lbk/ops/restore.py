@@ -19,6 +19,8 @@ import secrets
 import stat
 import threading
 import time
+from collections import deque
+from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -32,6 +34,7 @@ from lbk.repo.repository import Repository
 HOLE_BLOCK = 64 * 1024
 _ZERO = bytes(HOLE_BLOCK)
 WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
+READAHEAD = 3  # blobs of one file fetched ahead of the write
 OVERWRITE_MODES = ("always", "if-changed", "never")
 
 
@@ -123,7 +126,8 @@ class Restorer:
                 raise RestoreError(f"cannot create target {os.fsdecode(self.target)}: {e.strerror}") from None
             if not os.path.isdir(self.target):
                 raise RestoreError(f"target {os.fsdecode(self.target)} is not a directory")
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-restore") as pool:
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-restore") as pool, \
+                ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-fetch") as self.fetcher:
             futures: list = []
             self._walk(snap.tree, b"/", self.target, pool, futures)
             for f in futures:
@@ -218,8 +222,7 @@ class Restorer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             pos = 0
-            for bid in node.content:
-                data = self.repo.load_blob(DATA, bid)
+            for data in self._blobs(node.content):
                 self._write_sparse(fd, data, pos)
                 pos += len(data)
             if pos != node.size:
@@ -231,6 +234,28 @@ class Restorer:
             raise
         os.close(fd)
         os.replace(tmp, dpath)
+
+    def _blobs(self, ids: list[bytes]):
+        """The file's blobs in order, fetched and decrypted READAHEAD at a time on the
+        fetcher pool (network round trips and decryption overlap the writes)."""
+        if len(ids) <= 1:
+            for bid in ids:
+                yield self.repo.load_blob(DATA, bid)
+            return
+        window: deque = deque()
+        it = iter(ids)
+        for bid in islice(it, READAHEAD):
+            window.append(self.fetcher.submit(self.repo.load_blob, DATA, bid))
+        try:
+            while window:
+                data = window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(self.fetcher.submit(self.repo.load_blob, DATA, nxt))
+                yield data
+        finally:
+            for f in window:
+                f.cancel()
 
     @staticmethod
     def _write_sparse(fd: int, data: bytes, pos: int) -> None:
