@@ -16,7 +16,8 @@ drops the trees nothing reaches any more.
 
 Queries walk the catalog's trees, never the repository: ``lookup`` resolves one path in
 many snapshots level by level (one ``IN`` query per path component, not per snapshot),
-and ``entries`` lists one tree. Both are memoized for the life of the ``Catalog``.
+starting at each snapshot's deepest backed-up path above it (table ``roots``), and
+``entries`` lists one tree. Both are memoized for the life of the ``Catalog``.
 
 What an entry keeps of a node is what ``log`` compares: the type, the size, a content
 key (16 bytes of BLAKE3 over the node's content id list for a file; over the target for
@@ -31,11 +32,14 @@ indexed meanwhile is a no-op.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable
 
 import blake3
@@ -53,9 +57,11 @@ CATALOG_VERSION = 1
 FILE_NAME = "catalog.sqlite"
 COMMIT_EVERY = 64  # snapshots per transaction while indexing (progress survives an interrupt)
 _IN_CHUNK = 500  # host parameters per IN (...) list
+MMAP_SIZE = 1 << 30
 
 TYPE_CODES = {FILE: 0, DIR: 1, SYMLINK: 2, FIFO: 3, CHARDEV: 4, BLOCKDEV: 5, SOCKET: 6}
 TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()}
+_DIR_CODE = TYPE_CODES[DIR]
 
 SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,11 +88,21 @@ CREATE TABLE snapshots (
     id      TEXT PRIMARY KEY,
     time_us INTEGER NOT NULL,
     tree    INTEGER NOT NULL,
-    doc     BLOB NOT NULL
+    head    TEXT NOT NULL,
+    summary TEXT NOT NULL
 );
+CREATE TABLE roots (
+    snapshot TEXT NOT NULL,
+    path     BLOB NOT NULL,
+    parent   INTEGER NOT NULL,
+    subtree  INTEGER,
+    error    INTEGER NOT NULL,
+    PRIMARY KEY (snapshot, path)
+) WITHOUT ROWID;
 PRAGMA user_version = {CATALOG_VERSION};
 """
 
+SCHEMA_ID = blake3.blake3(SCHEMA.encode()).hexdigest()[:16]
 _ENTRY_COLS = "n.name, e.type, e.size, e.content, e.mode, e.uid, e.gid, e.mtime_ns, e.extra, e.subtree, e.error"
 
 
@@ -137,6 +153,19 @@ def extra_key(n: Node) -> int:
     return int.from_bytes(h.digest()[:8], "little", signed=True)
 
 
+def _guarded(method):
+    """SQLite failures in a query become one-line errors that name the catalog."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kw):
+        try:
+            return method(self, *args, **kw)
+        except sqlite3.DatabaseError as e:
+            raise _error(self.path, e) from None
+
+    return wrapper
+
+
 def _chunks(seq: list, n: int = _IN_CHUNK) -> Iterable[list]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -162,8 +191,10 @@ class Catalog:
         self._name_ids: dict[bytes, int] = {}
         self._entries: dict[int, list[Entry]] = {}
         self._lookups: dict[tuple[int, bytes], Entry | None] = {}
+        self._steps: dict[tuple[int, bytes], tuple[int, bool] | bool | None] = {}
         self._snapshots: list[Snapshot] | None = None
         self._roots: dict[str, int] = {}
+        self._roots_by_snap: dict[str, list] | None = None
 
     # -- opening --------------------------------------------------------------------
     @classmethod
@@ -195,6 +226,7 @@ class Catalog:
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA mmap_size = {MMAP_SIZE}")  # a fresh connection reads pages without a syscall each
         except sqlite3.DatabaseError as e:
             db.close()
             raise _error(path, e) from None
@@ -210,13 +242,10 @@ class Catalog:
         self.close()
 
     # -- keeping up with the repository ----------------------------------------------
+    @_guarded
     def update(self, repo: Repository, emit: Emit = discard) -> UpdateResult:
         """Index snapshots that are new in the repository; drop those that are gone."""
-        try:
-            return self._update(repo, emit)
-        except sqlite3.DatabaseError as e:
-            self._forget_memos()
-            raise _error(self.path, e) from None
+        return self._update(repo, emit)
 
     def _update(self, repo: Repository, emit: Emit) -> UpdateResult:
         res = UpdateResult(rebuilt=self.rebuilt)
@@ -228,7 +257,9 @@ class Catalog:
             self._begin()
             try:
                 for part in _chunks(gone):
-                    self.db.execute(f"DELETE FROM snapshots WHERE id IN ({','.join('?' * len(part))})", part)
+                    marks = ",".join("?" * len(part))
+                    self.db.execute(f"DELETE FROM snapshots WHERE id IN ({marks})", part)
+                    self.db.execute(f"DELETE FROM roots WHERE snapshot IN ({marks})", part)
                 self._collect_garbage()
                 self.db.execute("COMMIT")
             except BaseException:
@@ -254,6 +285,7 @@ class Catalog:
                     emit(Progress("catalog", res.added, 0, files_total=len(new)))
         if gone or new:
             self._snapshots = None
+            self._roots_by_snap = None
         return res
 
     def _begin(self) -> None:
@@ -271,17 +303,43 @@ class Catalog:
         self._name_ids.clear()
         self._entries.clear()
         self._lookups.clear()
+        self._steps.clear()
         self._snapshots = None
+        self._roots_by_snap = None
 
     def _index_snapshot(self, repo: Repository, snap: Snapshot) -> int:
         if self.db.execute("SELECT 1 FROM snapshots WHERE id = ?", (snap.id,)).fetchone():
             return 0  # another process indexed it meanwhile
         root, loaded = self._index_tree(repo, snap.tree)
+        head = [snap.time.isoformat(), snap.kind, snap.name, snap.host, snap.user, snap.uid, snap.gid,
+                list(snap.tags), [os.fsdecode(p) for p in snap.paths], snap.parent]
         self.db.execute(
-            "INSERT INTO snapshots (id, time_us, tree, doc) VALUES (?, ?, ?, ?)",
-            (snap.id, int(snap.time.timestamp() * 1_000_000), root, snap.encode()),
+            "INSERT INTO snapshots (id, time_us, tree, head, summary) VALUES (?, ?, ?, ?, ?)",
+            (snap.id, int(snap.time.timestamp() * 1_000_000), root, json.dumps(head), json.dumps(snap.summary)),
         )
+        for p in sorted({os.path.normpath(p) for p in snap.paths}):
+            found = self._locate(root, [c for c in p.split(b"/") if c])
+            if found is not None:
+                self.db.execute("INSERT INTO roots VALUES (?, ?, ?, ?, ?)", (snap.id, p, *found))
         return loaded
+
+    def _locate(self, tree: int, parts: list[bytes]) -> tuple[int, int | None, int] | None:
+        """(parent tree, subtree or None, error) of the entry at ``parts``; None if absent."""
+        if not parts:
+            return None
+        for i, c in enumerate(parts):
+            row = self.db.execute(
+                "SELECT type, subtree, error FROM entries WHERE tree = ? AND name = ?", (tree, self._name_id(c))
+            ).fetchone()
+            if row is None:
+                return None
+            typ, sub, err = row
+            if i == len(parts) - 1:
+                return tree, sub if typ == _DIR_CODE else None, err
+            if typ != _DIR_CODE or sub is None:
+                return None
+            tree = sub
+        return None
 
     def _known_tree(self, h: bytes) -> int | None:
         tid = self._tree_ids.get(h)
@@ -357,17 +415,32 @@ class Catalog:
         db.execute("DROP TABLE temp.live")
 
     # -- reading ------------------------------------------------------------------------
+    @_guarded
     def snapshots(self) -> list[Snapshot]:
-        """Every indexed snapshot, oldest first (the order of ``load_all``)."""
+        """Every indexed snapshot, oldest first (the order of ``load_all``), without its
+        summary (``summary()`` has it): decoding 1,000 full snapshots would cost more
+        than a whole ``log`` query."""
         if self._snapshots is None:
+            rows = self.db.execute(
+                "SELECT s.id, s.tree, t.hash, s.head FROM snapshots s JOIN trees t ON t.id = s.tree"
+            ).fetchall()
+            heads = json.loads("[" + ",".join(r[3] for r in rows) + "]")
             snaps = []
             roots = {}
-            for sid, tree, doc in self.db.execute("SELECT id, tree, doc FROM snapshots"):
-                snaps.append(Snapshot.decode(doc, sid))
+            fromiso = datetime.fromisoformat
+            for (sid, tree, h, _), (t, kind, name, host, user, uid, gid, tags, paths, parent) in zip(rows, heads):
+                snaps.append(Snapshot(
+                    time=fromiso(t), tree=h, paths=[p.encode("utf-8", "surrogateescape") for p in paths],
+                    host=host, user=user, kind=kind, name=name, tags=tags, parent=parent, uid=uid, gid=gid, id=sid,
+                ))
                 roots[sid] = tree
             snaps.sort(key=lambda s: (s.time, s.id))
             self._snapshots, self._roots = snaps, roots
         return self._snapshots
+
+    def summary(self, snap_id: str) -> dict:
+        row = self.db.execute("SELECT summary FROM snapshots WHERE id = ?", (snap_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
 
     def root(self, snap: Snapshot) -> int:
         """The catalog id of a snapshot's root tree."""
@@ -375,6 +448,7 @@ class Catalog:
             self.snapshots()
         return self._roots[snap.id]
 
+    @_guarded
     def stats(self) -> dict:
         q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
         return {
@@ -384,6 +458,7 @@ class Catalog:
             "names": q("SELECT count(*) FROM names"),
         }
 
+    @_guarded
     def entries(self, tree: int) -> list[Entry]:
         """The entries of one tree, sorted by name bytes."""
         got = self._entries.get(tree)
@@ -395,57 +470,108 @@ class Catalog:
             got = self._entries[tree] = [_entry(r) for r in rows]
         return got
 
-    def lookup(self, roots: list[int], parts: list[bytes]) -> list[tuple[Entry | None, bool]]:
-        """The entry at path ``parts`` below each root tree, as ``(entry, known)``.
+    @_guarded
+    def lookup(self, snaps: list[Snapshot], path: bytes) -> list[tuple[Entry | None, bool]]:
+        """The entry at absolute ``path`` in each snapshot, as ``(entry, known)``.
 
         ``entry`` is None when the path is absent; ``known`` is False when it is absent
         only because a directory on the way could not be read at backup time (so the
-        snapshot says nothing about it). With no ``parts`` the answer is a synthetic
-        directory entry for the root itself. Resolved one path component at a time for
-        all roots at once.
+        snapshot says nothing about it). For ``/`` the answer is a synthetic directory
+        entry for the root tree. The walk starts at the deepest backed-up path of each
+        snapshot above ``path`` (recorded when indexing), not at ``/``: the directories
+        above a backed-up path change in every snapshot, so each level costs one lookup
+        per snapshot. It then goes down one path component at a time for all snapshots
+        at once.
         """
+        parts = [c for c in path.split(b"/") if c]
         if not parts:
-            return [(Entry(b"", DIR, 0, b"", 0, 0, 0, 0, 0, r, False), True) for r in roots]
+            return [(Entry(b"", DIR, 0, b"", 0, 0, 0, 0, 0, self.root(s), False), True) for s in snaps]
+        out: list[tuple[Entry | None, bool] | None] = [None] * len(snaps)
+        groups: dict[int, tuple[list[int], list[int], list[bool]]] = {}  # depth -> (indexes, trees, errors)
+        root_paths = self._root_paths()
+        for i, s in enumerate(snaps):
+            start, depth, error = self.root(s), 0, False
+            for rpath, parent, sub, err in root_paths.get(s.id, ()):
+                if rpath == path:
+                    start, depth, error = parent, len(parts) - 1, False
+                    break
+                if path.startswith(rpath + b"/"):
+                    if sub is None:
+                        out[i] = (None, True)
+                        break
+                    start, depth, error = sub, rpath.count(b"/"), bool(err)
+                    break
+            if out[i] is None:
+                g = groups.setdefault(depth, ([], [], []))
+                g[0].append(i)
+                g[1].append(start)
+                g[2].append(error)
+        for depth, (idxs, trees, errors) in groups.items():
+            for i, res in zip(idxs, self._walk(trees, parts[depth:], errors)):
+                out[i] = res
+        return out  # type: ignore[return-value]
+
+    def _root_paths(self) -> dict[str, list[tuple[bytes, int, int | None, int]]]:
+        """Backed-up paths per snapshot, deepest first."""
+        if self._roots_by_snap is None:
+            by: dict[str, list] = {}
+            for sid, p, parent, sub, err in self.db.execute("SELECT snapshot, path, parent, subtree, error FROM roots"):
+                by.setdefault(sid, []).append((bytes(p), parent, sub, err))
+            for v in by.values():
+                v.sort(key=lambda r: -len(r[0]))
+            self._roots_by_snap = by
+        return self._roots_by_snap
+
+    def _walk(self, roots: list[int], parts: list[bytes], errors: list[bool]) -> list[tuple[Entry | None, bool]]:
+        """The entry at ``parts`` below each tree of ``roots`` (``errors``: whether that
+        tree's own directory could not be read completely)."""
         cur = list(roots)
         out: list[tuple[Entry | None, bool] | None] = [None] * len(roots)
-        parent_error = [False] * len(roots)
+        parent_error = list(errors)
         active = list(range(len(roots)))
         for level, name in enumerate(parts):
-            need = sorted({cur[i] for i in active if (cur[i], name) not in self._lookups})
+            last = level == len(parts) - 1
+            # on the way down only (subtree, error) is needed; the full entry at the end
+            memo: dict = self._lookups if last else self._steps
+            need = sorted({t for t in (cur[i] for i in active) if (t, name) not in memo})
             if need:
+                found: dict[int, object] = {}
                 row = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
-                found: dict[int, Entry] = {}
-                if row:
-                    for part in _chunks(need):
-                        q = (
-                            f"SELECT e.tree, {_ENTRY_COLS} FROM entries e JOIN names n ON n.id = e.name "
-                            f"WHERE e.name = ? AND e.tree IN ({','.join('?' * len(part))})"
-                        )
+                for part in _chunks(need) if row else ():
+                    marks = ",".join("?" * len(part))
+                    if last:
+                        q = (f"SELECT e.tree, {_ENTRY_COLS} FROM entries e NOT INDEXED JOIN names n ON n.id = e.name "
+                             f"WHERE e.name = ? AND e.tree IN ({marks})")
                         for r in self.db.execute(q, (row[0], *part)):
                             found[r[0]] = _entry(r[1:])
+                    else:
+                        q = (f"SELECT tree, type, subtree, error FROM entries NOT INDEXED "
+                             f"WHERE name = ? AND tree IN ({marks})")
+                        for t, typ, sub, err in self.db.execute(q, (row[0], *part)):
+                            found[t] = (sub, bool(err)) if typ == _DIR_CODE and sub is not None else False
                 for t in need:
-                    self._lookups[(t, name)] = found.get(t)
-            last = level == len(parts) - 1
+                    memo[(t, name)] = found.get(t)
             still = []
             for i in active:
-                e = self._lookups[(cur[i], name)]
-                if e is None:
+                got = memo[(cur[i], name)]
+                if got is None:
                     out[i] = (None, not parent_error[i])
                 elif last:
-                    out[i] = (e, True)
-                elif e.type != DIR or e.subtree is None:
+                    out[i] = (got, True)
+                elif got is False:  # not a directory: nothing beneath it
                     out[i] = (None, True)
                 else:
-                    cur[i] = e.subtree
-                    parent_error[i] = e.error
+                    cur[i], parent_error[i] = got
                     still.append(i)
             active = still
         return out  # type: ignore[return-value]
 
+    @_guarded
     def name_ids(self, match) -> dict[int, bytes]:
         """Names (by id) for which ``match(name bytes)`` is true; a scan of distinct names."""
         return {nid: name for nid, name in self.db.execute("SELECT id, name FROM names") if match(name)}
 
+    @_guarded
     def trees_containing(self, name_ids: Iterable[int]) -> set[int]:
         """Ids of the trees that hold an entry with one of these names at any depth."""
         db = self.db
@@ -478,8 +604,13 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _has_schema(db: sqlite3.Connection) -> bool:
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return {"meta", "names", "trees", "entries", "snapshots"} <= tables
+    """Whether the file was created with exactly this ``SCHEMA`` (a development change
+    that forgot to raise ``CATALOG_VERSION`` still gets a fresh catalog)."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    return row is not None and row[0] == SCHEMA_ID
 
 
 def _create(path: str) -> None:
@@ -491,8 +622,9 @@ def _create(path: str) -> None:
         os.chmod(tmp, 0o600)
         db = _connect(tmp)
         try:
+            db.execute("PRAGMA synchronous = OFF")  # an empty cache file: a torn one is rebuilt
             db.executescript(SCHEMA)
-            db.execute("INSERT INTO meta VALUES ('format', ?)", (str(CATALOG_VERSION),))
+            db.execute("INSERT INTO meta VALUES ('format', ?), ('schema', ?)", (str(CATALOG_VERSION), SCHEMA_ID))
         finally:
             db.close()
         for suffix in ("-wal", "-shm"):
