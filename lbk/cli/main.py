@@ -8,7 +8,10 @@ the root context unless it was left at its default.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
+import re
 import sys
 import traceback
 
@@ -73,7 +76,25 @@ def global_options(f):
     return f
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class LazyGroup(click.Group):
+    """Imports a command's module (``lbk/cli/cmd_<name>.py``) only when it is invoked,
+    so ``lbk status`` does not pay for the imports of every other command."""
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and re.fullmatch(r"[a-z]+", name or ""):
+            try:
+                importlib.import_module(f"lbk.cli.cmd_{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"lbk.cli.cmd_{name}":
+                    raise
+        return self.commands.get(name)
+
+    def list_commands(self, ctx):
+        _register()
+        return sorted(self.commands)
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="lbk")
 @global_options
 @click.pass_context
@@ -108,9 +129,6 @@ def settings() -> Settings:
 
 def _register() -> None:
     """Import every ``lbk.cli.cmd_*`` module; each registers its commands on ``cli``."""
-    import importlib
-    import pkgutil
-
     import lbk.cli as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
@@ -120,7 +138,6 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map every outcome to an exit code from SPEC.md."""
-    _register()
     code = run(argv)
     sys.exit(code)
 
