@@ -145,6 +145,7 @@ class Backup:
         # the watch daemon keeps these as its in-memory mirror of the live tree
         self.on_tree = None
         self.torn: set[bytes] = set()  # files that kept changing while read (watch re-reads them)
+        self.lock = None  # the repository lock held by the caller; checked before the snapshot
 
     # -- progress ---------------------------------------------------------------
     def _progress(self, force: bool = False) -> None:
@@ -401,6 +402,8 @@ class Backup:
             tags=list(self.opts.tags),
             summary=self.result.summary(),
         )
+        if self.lock is not None:
+            self.lock.ensure()
         save_snapshot(self.repo, snap)
         self.result.snapshot = snap
         if self.cache is not None:
@@ -423,5 +426,7 @@ class Backup:
 def backup(repo: Repository, cache: Cache | None, opts: BackupOptions, emit: Emit) -> BackupResult:
     """Run one backup under a shared lock and return its result (snapshot None on dry run)."""
     repo.ensure_index()
-    with repo.lock(exclusive=False):
-        return Backup(repo, cache, opts, emit).run()
+    with repo.lock(exclusive=False) as lock:
+        b = Backup(repo, cache, opts, emit)
+        b.lock = lock
+        return b.run()

@@ -110,6 +110,19 @@ class Lock:
                     f"(if that process is gone, run 'lbk unlock')"
                 )
 
+    def ensure(self) -> None:
+        """Before committing (a snapshot), prove the lock was held all along: our lock
+        file must still exist. If it was removed (a suspended laptop's lock went stale
+        and another host pruned), data we deduplicated against may be gone: refuse."""
+        try:
+            self.repo.backend.stat(Handle(FileKind.LOCK, self.name))
+        except NotFound:
+            raise LockFailed(
+                "the repository lock was removed while this operation ran (stale after a long "
+                "suspend?); nothing was committed: run it again"
+            ) from None
+        self._write()
+
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH):
             try:

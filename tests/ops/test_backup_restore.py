@@ -394,3 +394,24 @@ def test_concurrent_writer_is_detected_by_fstat_before_and_after(local_repo, tmp
         t.join()
     assert [w.path for w in ev.of(Warning_)] == [os.fsencode(f)]
     assert res.snapshot is not None and res.errors == 0
+
+
+def test_backup_refuses_to_commit_when_its_lock_was_removed(local_repo, tmp_path, monkeypatch):
+    """A lock removed mid-run (stale after a suspend, then pruned elsewhere) means the
+    data this backup deduplicated against may be gone: no snapshot may be written."""
+    from lbk.errors import LockFailed
+    from lbk.repo import lock as lock_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    real_flush = local_repo.flush
+
+    def flush_then_lose_lock(*a, **kw):
+        real_flush(*a, **kw)
+        lock_mod.remove_stale(local_repo, all_locks=True)  # e.g. 'lbk unlock --remove-all' elsewhere
+
+    monkeypatch.setattr(local_repo, "flush", flush_then_lose_lock)
+    with pytest.raises(LockFailed, match="lock was removed"):
+        do_backup(local_repo, [src])
+    assert list(local_repo.backend.list(FileKind.SNAPSHOT)) == []
