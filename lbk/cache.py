@@ -40,13 +40,17 @@ def private_dir(path: str) -> str:
     return path
 
 
-def write_private(path: str, data: bytes) -> None:
-    """Atomically write a 0600 file."""
+def write_private(path: str, data: bytes, durable: bool = True) -> None:
+    """Atomically write a 0600 file; ``durable=False`` skips the fsync (status files that
+    are rewritten constantly and lose nothing if a crash leaves an older copy)."""
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)

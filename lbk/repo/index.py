@@ -27,7 +27,7 @@ _BLOB = struct.Struct("<B32sIII")
 _U32 = struct.Struct("<I")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobLocation:
     pack: str
     type: int

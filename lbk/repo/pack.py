@@ -32,7 +32,7 @@ def blob_ad(blob_type: int, blob_id: bytes) -> bytes:
     return b"lbk:blob" + bytes([blob_type]) + blob_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackEntry:
     type: int
     id: bytes

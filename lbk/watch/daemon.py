@@ -116,8 +116,9 @@ class Watcher:
                                 paths=[os.fsdecode(p) for p in self.paths], started=time.time())
         self._state_written = 0.0
         self._sync_wakeup = threading.Event()
+        self._state_lock = threading.Lock()
         self._unsynced_since: float | None = None
-        self.scanner = self._new_scanner()
+        self.scanner: Backup | None = None  # made by scan(): loading the files cache costs memory
         spool.on_spool = self._on_spool
 
     # -- engine ---------------------------------------------------------------------
@@ -128,11 +129,15 @@ class Watcher:
         b.on_tree = self._record_tree
         return b
 
-    def _capture_scanner(self) -> Backup:
-        """A scanner for captures: one files-cache dict, read and updated by every capture,
-        so a spurious event on an unchanged file costs a stat, not a read."""
-        b = self._new_scanner()
-        b.new_files = b.old_files
+    def _capture_scanner(self, files: dict) -> Backup:
+        """A scanner for captures: one files-cache dict (the scan's result, not a fresh
+        load), read and updated by every capture, so a spurious event on an unchanged file
+        costs a stat, not a read."""
+        b = Backup(self.repo, None, BackupOptions(
+            paths=self.paths, excludes=self.opts.excludes, exclude_paths=self.opts.exclude_paths,
+            host=self.opts.host, kind="live"), self._engine_event)
+        b.on_tree = self._record_tree
+        b.old_files = b.new_files = files
         return b
 
     def _engine_event(self, ev) -> None:
@@ -158,22 +163,23 @@ class Watcher:
         self._sync_wakeup.set()
 
     def write_state(self, force: bool = False) -> None:
-        with self.cond:  # the syncer thread writes it too
-            self._write_state(force)
-
-    def _write_state(self, force: bool) -> None:
+        """Refresh the state file (at most 4 times a second unless forced). The numbers are
+        taken under the condition lock; the file is written outside it, so the event
+        thread never waits for the disk."""
         now = time.time()
-        if not force and now - self._state_written < 0.25:
-            return
-        self._state_written = now
+        with self.cond:  # the syncer thread writes it too
+            if not force and now - self._state_written < 0.25:
+                return
+            self._state_written = now
+            st = self.state
+            st.pending = len(self.pending) + len(self.uncommitted)
+            oldest = [t for t in (self._unsynced_since, self._oldest_uncommitted_wall()) if t is not None]
+            st.oldest_unsynced = min(oldest) if oldest else None
         n, size, _oldest = self.spool.spool_usage()
-        st = self.state
-        st.pending = len(self.pending) + len(self.uncommitted)
         st.spool_files, st.spool_bytes = n, size
-        oldest = [t for t in (self._unsynced_since, self._oldest_uncommitted_wall()) if t is not None]
-        st.oldest_unsynced = min(oldest) if oldest else None
         try:
-            st.save(self.state_dir)
+            with self._state_lock:
+                st.save(self.state_dir)
         except OSError as e:
             log.warning("cannot write the state file: %s", e)
 
@@ -329,15 +335,17 @@ class Watcher:
         self.write_state(force=True)
         old_mirror = self.mirror
         self.mirror = {}
-        self.scanner.pool.shutdown(wait=True)
-        self.scanner = self._new_scanner()
+        if self.scanner is not None:
+            self.scanner.pool.shutdown(wait=True)
+        scan = self._new_scanner()
+        self.scanner = scan
         try:
-            res = self.scanner.run()
+            res = scan.run()
         except BaseException:
             self.mirror = old_mirror
             raise
-        self.scanner.pool.shutdown(wait=True)
-        self.scanner = self._capture_scanner()
+        scan.pool.shutdown(wait=True)
+        self.scanner = self._capture_scanner(scan.new_files)
         snap = res.snapshot
         self.parent = snap.id
         self.dirty.clear()
@@ -403,11 +411,12 @@ class Watcher:
             self.write_state(force=True)
             observer.stop()
             observer.join(timeout=5)
-            self.scanner.pool.shutdown(wait=True)
+            if self.scanner is not None:
+                self.scanner.pool.shutdown(wait=True)
             if self.dirty:
                 self._guarded(self.commit)
             self._guarded(lambda: self.repo.flush(consolidate=True))
-            if self.cache is not None:
+            if self.cache is not None and self.scanner is not None:
                 self._guarded(lambda: self.cache.save_files(self.scanner.new_files))
             self._sync_wakeup.set()
             self._guarded(self._sync_once)

@@ -28,7 +28,7 @@ import threading
 from typing import Callable, Iterator
 
 from lbk.backend.base import Backend, BackendError, FileInfo, FileKind, Handle, NotFound
-from lbk.cache import private_dir
+from lbk.cache import private_dir, write_private
 from lbk.errors import LbkError
 
 _MIRRORED = (FileKind.CONFIG, FileKind.KEY, FileKind.INDEX)
@@ -119,10 +119,10 @@ class SpoolingBackend:
         return None
 
     def _mirror(self, h: Handle, data: bytes) -> None:
-        try:
-            _write_durable(os.path.join(self.mirror_dir, f"{h.kind.value}.{h.name}"), data)
+        try:  # not fsynced: the mirror only helps to start offline, the repository has the file
+            write_private(os.path.join(self.mirror_dir, f"{h.kind.value}.{h.name}"), data, durable=False)
         except OSError:
-            pass  # the mirror only helps to start offline
+            pass
 
     def _mirrored(self, kind: FileKind) -> list[FileInfo]:
         out = []

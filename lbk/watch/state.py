@@ -50,7 +50,7 @@ class WatchState:
 
     def save(self, directory: str) -> None:
         self.updated = time.time()
-        write_private(os.path.join(directory, "state.json"), json.dumps(asdict(self)).encode())
+        write_private(os.path.join(directory, "state.json"), json.dumps(asdict(self)).encode(), durable=False)
 
 
 def load_states(cache_root: str) -> list[WatchState]:
