@@ -15,7 +15,7 @@ import errno
 import grp
 import os
 import pwd
-import secrets
+import itertools
 import stat
 import threading
 import time
@@ -24,6 +24,7 @@ from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from lbk.errors import RestoreError
 from lbk.events import Emit, FileError, Progress, Verbose
@@ -31,6 +32,7 @@ from lbk.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node,
 from lbk.repo.pack import DATA, TREE
 from lbk.repo.repository import Repository
 
+_TMP_SEQ = itertools.count()  # temporary names; O_EXCL catches any clash
 HOLE_BLOCK = 64 * 1024
 _ZERO = bytes(HOLE_BLOCK)
 WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
@@ -218,7 +220,7 @@ class Restorer:
 
     def _write_file(self, dpath: bytes, node: Node) -> None:
         d, base = os.path.split(dpath)
-        tmp = os.path.join(d, b".lbk-restore-" + secrets.token_hex(6).encode())
+        tmp = os.path.join(d, b".lbk-restore-%d-%d" % (os.getpid(), next(_TMP_SEQ)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             pos = 0
@@ -350,6 +352,7 @@ def _remove_existing(path: bytes) -> None:
     os.unlink(path)
 
 
+@lru_cache(maxsize=4096)
 def _uid_by_name(name: str, uid: int) -> int:
     if name:
         try:
@@ -359,6 +362,7 @@ def _uid_by_name(name: str, uid: int) -> int:
     return uid
 
 
+@lru_cache(maxsize=4096)
 def _gid_by_name(name: str, gid: int) -> int:
     if name:
         try:
