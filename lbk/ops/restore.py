@@ -220,8 +220,13 @@ class Restorer:
 
     def _write_file(self, dpath: bytes, node: Node) -> None:
         d, base = os.path.split(dpath)
-        tmp = os.path.join(d, b".lbk-restore-%d-%d" % (os.getpid(), next(_TMP_SEQ)))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        while True:  # a leftover of a crashed restore may hold a name: take the next one
+            tmp = os.path.join(d, b".lbk-restore-%d-%d" % (os.getpid(), next(_TMP_SEQ)))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                break
+            except FileExistsError:
+                continue
         try:
             pos = 0
             for data in self._blobs(node.content):
