@@ -56,17 +56,23 @@ flowing while the first waits for an fsync. One caller never costs a second hand
 
 Failure: the TCP+SSH handshake must finish within ``connect_timeout`` (10 s) and the
 server must answer an SSH keepalive every ``keepalive_interval`` (5 s) with at most
-``keepalive_count_max`` (3) misses, so a dead or frozen server is noticed within about
-15 s and a killed one at once. Every failure is a ``BackendError`` with one line; the
-operation that met a lost connection fails (retries belong in a retry wrapper), and the
-next call reconnects. Failed connection attempts back off (0.5 s doubling to 30 s):
-inside that window calls fail at once instead of hammering a server that is down.
+``keepalive_count_max`` (3) misses (given up at the next tick, as OpenSSH does), so a
+dead or frozen server is noticed within about 20 s and a killed one at once. Every
+failure is a ``BackendError`` with one line; the operation that met a lost connection
+fails (retries belong in a retry wrapper), and the next call reconnects, except after a
+keepalive timeout: then no handshake is tried for two keepalive intervals, so what a
+failing command still does (release its lock) fails at once instead of waiting out
+``connect_timeout`` on a frozen listener. Failed connection attempts back off (0.5 s
+doubling to 30 s): inside that window calls fail at once instead of hammering a server
+that is down. asyncssh's own transfer tasks that die with the connection are not
+reported: their error is the one the caller gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import posixpath
 import re
@@ -99,6 +105,16 @@ _PARALLEL_DIRS = 32  # directory requests in flight at once (create, list, sweep
 
 _DIRS = [k for k in FileKind if k is not FileKind.CONFIG]
 _T = TypeVar("_T")
+
+
+def _not_send_after_loss(record: logging.LogRecord) -> bool:
+    """asyncio warns "socket.send() raised exception." for each packet asyncssh's orphaned
+    transfer tasks still write after the connection died: noise (often a dozen lines)
+    around the one-line error the caller gets."""
+    return record.getMessage() != "socket.send() raised exception."
+
+
+logging.getLogger("asyncio").addFilter(_not_send_after_loss)
 
 
 # -- URLs ---------------------------------------------------------------------------
@@ -247,12 +263,14 @@ class SftpBackend:
         self._fsync = True
         self._background: set[asyncio.Future[None]] = set()
         self._dest = self.target.host  # "host:port" once connected, for messages
+        self._keepalive = KEEPALIVE_INTERVAL  # in effect, once connected
 
     # -- the loop thread ----------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._thread_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
+                loop.set_exception_handler(_quiet_orphans)
                 t = threading.Thread(target=loop.run_forever, name=f"lbk-sftp {self.target.host}", daemon=True)
                 t.start()
                 self._loop, self._thread = loop, t
@@ -283,7 +301,14 @@ class SftpBackend:
         except _LOST as e:
             reason = getattr(link.conn.get_owner(), "lost_reason", None) or _line(e)
             self._drop(link)
-            raise BackendError(f"{what}: connection to {self._dest} lost: {reason}") from e
+            err = BackendError(f"{what}: connection to {self._dest} lost: {reason}")
+            if "keepalive" in reason and not self._retry_at:
+                # The other connections, frozen too, give up within one more interval;
+                # no new handshake before then.
+                self._backoff = BACKOFF_START
+                self._retry_at = time.monotonic() + 2 * self._keepalive
+                self._last_error = BackendError(f"sftp {self._dest}: connection lost: {reason}")
+            raise err from e
         except asyncssh.SFTPError as e:
             raise BackendError(f"{what}: server error: {_line(e.reason)}") from e
         except OSError as e:
@@ -378,6 +403,7 @@ class SftpBackend:
             raise BackendError(f"sftp {t.host}: cannot load ssh keys: {_line(e)}") from e
         host, port, user = opts.host, opts.port, opts.username
         self._dest = f"{host}:{port}" if port != 22 else host
+        self._keepalive = float(opts.keepalive_interval or KEEPALIVE_INTERVAL)
         try:
             conn = await asyncssh.connect(
                 t.host, t.port or (), config=self._config, options=opts, client_factory=_Client
@@ -652,6 +678,19 @@ class SftpBackend:
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def _quiet_orphans(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Drop "Task exception was never retrieved" for connection errors.
+
+    asyncssh runs a large read or write as many parallel request tasks; when the
+    connection dies, the first failure reaches the caller and the rest are orphans that
+    asyncio would print as tracebacks (hundreds of lines under a one-line error).
+    """
+    exc = context.get("exception")
+    if isinstance(exc, (asyncssh.Error, OSError, EOFError, asyncio.IncompleteReadError)):
+        return
+    loop.default_exception_handler(context)
 
 
 async def _gather_limited(coros: Any, limit: int = _PARALLEL_DIRS) -> list[Any]:

@@ -137,12 +137,13 @@ class SpoolingBackend:
         self.inner.create()
 
     def exists(self) -> bool:
+        mirrored = os.path.exists(os.path.join(self.mirror_dir, "config.config"))
         try:
-            if self.inner.exists():
-                return True
+            return self.inner.exists() or mirrored
         except BackendError:
-            pass
-        return os.path.exists(os.path.join(self.mirror_dir, "config.config"))
+            if mirrored:
+                return True  # unreachable, but we have seen it: start offline
+            raise  # never seen and unreachable: say why (host key, network), not "missing"
 
     def save(self, h: Handle, data: bytes, *, overwrite: bool = False) -> None:
         if h.kind is FileKind.LOCK:
