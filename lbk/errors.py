@@ -94,6 +94,10 @@ class RestoreError(LbkError):
     """Restore could not be completed."""
 
 
+class ImageError(LbkError):
+    """Disk image operation failed."""
+
+
 class Interrupted(LbkError):
     """Interrupted."""
 

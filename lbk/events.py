@@ -43,6 +43,13 @@ class Progress(Event):
 
 
 @dataclass
+class ByteProgress(Progress):
+    """Progress of one long byte stream (disk images): bytes done of bytes_total, and the rate."""
+
+    bytes_per_second: float = 0.0
+
+
+@dataclass
 class FileError(Event):
     """A source or target file could not be processed; the operation goes on."""
 

@@ -13,7 +13,7 @@ import os
 import sys
 from datetime import datetime
 
-from lbk.events import Event, FileError, Progress, Verbose, Warning_
+from lbk.events import ByteProgress, Event, FileError, Progress, Verbose, Warning_
 
 
 def human_size(n: int | float) -> str:
@@ -142,6 +142,9 @@ class Output:
             self._progress.start()
             self._task = self._progress.add_task("")
         desc = f"{ev.action}: {ev.files_done} files, {human_size(ev.bytes_done)}"
+        if isinstance(ev, ByteProgress):
+            pct = f" ({100 * ev.bytes_done / ev.bytes_total:.0f}%)" if ev.bytes_total else ""
+            desc = f"{ev.action}: {human_size(ev.bytes_done)} of {human_size(ev.bytes_total or 0)}{pct}, {human_size(ev.bytes_per_second)}/s"
         if ev.current:
             cur = ev.current if len(ev.current) < 60 else "…" + ev.current[-59:]
             desc += f"  {cur}"
