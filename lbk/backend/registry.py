@@ -20,9 +20,14 @@ def open_backend(url: str) -> Backend:
         except ImportError as e:  # pragma: no cover - depends on installed extras
             raise UsageError(f"sftp repositories are not available: {e}") from e
         return open_sftp(url)
-    for scheme in ("s3:", "rest:"):
-        if url.startswith(scheme):
-            raise UsageError(f"{scheme[:-1]} repositories are not supported yet")
+    if url.startswith("s3:"):
+        try:
+            from lbk.backend.s3 import open_s3
+        except ImportError as e:  # pragma: no cover - depends on installed extras
+            raise UsageError(f"s3 repositories need boto3: pip install 'lbk[s3]' ({e})") from e
+        return open_s3(url)
+    if url.startswith("rest:"):
+        raise UsageError("rest repositories are not supported yet")
     if "://" in url:
         raise UsageError(f"unknown repository URL scheme: {url}")
     from lbk.backend.local import LocalBackend

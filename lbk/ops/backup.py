@@ -425,8 +425,8 @@ class Backup:
 
 def backup(repo: Repository, cache: Cache | None, opts: BackupOptions, emit: Emit) -> BackupResult:
     """Run one backup under a shared lock and return its result (snapshot None on dry run)."""
-    repo.ensure_index()
     with repo.lock(exclusive=False) as lock:
+        repo.load_index()  # under the lock: a prune that ran before it cannot be seen stale
         b = Backup(repo, cache, opts, emit)
         b.lock = lock
         return b.run()

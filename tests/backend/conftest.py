@@ -12,7 +12,7 @@ from lbk.backend.local import LocalBackend
 from lbk.backend.mem import MemoryBackend
 from lbk.backend.sftp import open_sftp
 
-BACKENDS = ["mem", "local", "sftp"]
+BACKENDS = ["mem", "local", "sftp", "s3"]
 
 
 @pytest.fixture
@@ -29,6 +29,14 @@ def local_backend(tmp_path):
 def sftp_backend(ssh_home, tmp_path):
     """A fresh directory on the session's real sshd, reached through the ``lbktest`` alias."""
     yield open_sftp(ssh_home.url(ssh_home.server.root / tmp_path.name / "repo"))
+
+
+@pytest.fixture
+def s3_backend(s3):
+    """A fresh prefix in a bucket on the session's real SeaweedFS (tests/seaweed.py)."""
+    from lbk.backend.s3 import open_s3
+
+    yield open_s3(s3.url)
 
 
 @pytest.fixture(params=BACKENDS)
