@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import marshal
 import os
-import secrets
 
 import platformdirs
+
+from lbk.fsutil import write_atomic
 
 CACHEDIR_TAG = (
     b"Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -43,17 +44,7 @@ def private_dir(path: str) -> str:
 def write_private(path: str, data: bytes, durable: bool = True) -> None:
     """Atomically write a 0600 file; ``durable=False`` skips the fsync (status files that
     are rewritten constantly and lose nothing if a crash leaves an older copy)."""
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, durable=durable)
 
 
 class Cache:

@@ -14,6 +14,7 @@ import secrets
 from typing import Iterator
 
 from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
+from lbk.fsutil import fsync_dir
 
 _DIRS = [k for k in FileKind if k is not FileKind.CONFIG]
 
@@ -78,7 +79,7 @@ class LocalBackend:
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            _fsync_dir(d)
+            fsync_dir(d)
         except OSError as e:
             try:
                 os.unlink(tmp)
@@ -167,11 +168,3 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
-
-
-def _fsync_dir(d: str) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

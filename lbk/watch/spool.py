@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import threading
 from typing import Callable, Iterator
 
 from lbk.backend.base import Backend, BackendError, FileInfo, FileKind, Handle, NotFound
 from lbk.cache import private_dir, write_private
+from lbk.fsutil import write_atomic
 from lbk.errors import LbkError
 
 _MIRRORED = (FileKind.CONFIG, FileKind.KEY, FileKind.INDEX)
@@ -37,28 +37,6 @@ _SPOOL_NAME = re.compile(r"(\d{12})\.([a-z]+)\.([0-9a-f]{64}|config)\Z")
 
 class SpoolFull(LbkError):
     """The spool reached its size cap."""
-
-
-def _fsync_dir(d: str) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durable(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
 
 
 class SpoolingBackend:
@@ -106,7 +84,7 @@ class SpoolingBackend:
             if used + len(data) > self.cap:
                 raise SpoolFull(f"spool is full ({used} bytes, cap {self.cap}); captures wait until the repository is back")
             self._seq += 1
-            _write_durable(os.path.join(self.spool_dir, f"{self._seq:012d}.{h.kind.value}.{h.name}"), data)
+            write_atomic(os.path.join(self.spool_dir, f"{self._seq:012d}.{h.kind.value}.{h.name}"), data, sync_dir=True)
         if h.kind in _MIRRORED:
             self._mirror(h, data)
         if self.on_spool:
