@@ -109,6 +109,13 @@ def test_baseline_and_twenty_distinct_versions(repo, tree, tmp_path):
     # every version is a real, restorable state: check a few through the CLI
     for i in (0, 9, 19):
         assert version_of(repo, ids[i], f) == i + 1
+    # and each of the 20 saves is a distinct version in `lbk log`, newest first
+    log = lbk_proc("-r", repo, "log", f, "--json")
+    assert log.returncode == 0, log.stderr
+    rows = json.loads(log.stdout)
+    assert [r["size"] for r in rows] == list(range(20, 0, -1))
+    assert [r["change"] for r in rows] == ["modified"] * 19 + ["added"]
+    assert [r["snapshot"] for r in rows] == ids[::-1]
     out = restore_latest(repo, tmp_path)
     assert (out / str(tree).lstrip("/") / "existing.txt").read_text() == "before watch\n"
     assert lbk_proc("-r", repo, "check", "--read-data").returncode == 0
