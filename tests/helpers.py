@@ -52,6 +52,14 @@ def local_repo(tmp_path):
     return Repository.create(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode())
 
 
+def one_line_error(res) -> str:
+    """The single line a failing command printed on stderr (no traceback), for matching."""
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert len(lines) == 1, res.err
+    assert "Traceback" not in res.err
+    return lines[0]
+
+
 @dataclass
 class Result:
     code: int

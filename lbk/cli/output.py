@@ -69,12 +69,10 @@ class Output:
     def info(self, text: str) -> None:
         """A human note on stderr (suppressed by --quiet and --json)."""
         if not self.quiet and not self.json:
-            self._stop_progress_line()
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
     def warn(self, text: str) -> None:
-        self._stop_progress_line()
         if self.json:
             sys.stderr.write(dumps({"message_type": "warning", "message": text}) + "\n")
         else:
@@ -101,21 +99,18 @@ class Output:
             if self.json:
                 self.line(ev.to_json())
             else:
-                self._stop_progress_line()
                 sys.stderr.write(f"error: {os.fsdecode(ev.path)}: {ev.message}\n")
         elif isinstance(ev, Warning_):
             if self.json:
                 self.line(ev.to_json())
             else:
                 where = f"{os.fsdecode(ev.path)}: " if ev.path else ""
-                self._stop_progress_line()
                 sys.stderr.write(f"warning: {where}{ev.message}\n")
         elif isinstance(ev, Verbose):
             if self.verbose:
                 if self.json:
                     self.line(ev.to_json())
                 else:
-                    self._stop_progress_line()
                     sys.stdout.write(f"{ev.action:<9} {os.fsdecode(ev.path)}\n")
         else:
             if self.json:
@@ -149,9 +144,6 @@ class Output:
             cur = ev.current if len(ev.current) < 60 else "…" + ev.current[-59:]
             desc += f"  {cur}"
         self._progress.update(self._task, description=desc)
-
-    def _stop_progress_line(self) -> None:
-        pass  # rich keeps its live line below printed output
 
     def stop_progress(self) -> None:
         if self._progress is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable
 
 from lbk.backend.base import Backend, BackendError, FileKind, Handle, NotFound
 from lbk.errors import FormatError, IntegrityError, RepositoryExists, RepositoryNotFound, WrongPassword
@@ -88,9 +88,9 @@ class Repository:
                 break
         else:
             raise WrongPassword("wrong password or no key found")
-        tmp = cls(backend, master, Config(id="", chunker=None))  # type: ignore[arg-type]
-        config = Config.decode(tmp.load_sealed(Handle(FileKind.CONFIG)))
-        return cls(backend, master, config, fi.name)
+        repo = cls(backend, master, None, fi.name)  # type: ignore[arg-type]  # config is read next
+        repo.config = Config.decode(repo.load_sealed(Handle(FileKind.CONFIG)))
+        return repo
 
     # -- sealed files -------------------------------------------------------
     def _ad(self, h: Handle) -> bytes:
@@ -322,10 +322,6 @@ class Repository:
     # -- snapshots -----------------------------------------------------------------
     def list_snapshot_names(self) -> list[str]:
         return [f.name for f in self.backend.list(FileKind.SNAPSHOT)]
-
-    def iter_files(self, kind: FileKind) -> Iterator[str]:
-        for f in self.backend.list(kind):
-            yield f.name
 
     def close(self) -> None:
         if self._uploader is not None:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from lbk.errors import ExitCode
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, one_line_error
 
 
 @pytest.fixture
@@ -27,12 +27,6 @@ def src(tmp_path):
     (s / "sub" / "b.txt").write_text("beta\n")
     return s
 
-
-def one_line_error(res) -> str:
-    lines = [line for line in res.err.splitlines() if line.strip()]
-    assert len(lines) == 1, res.err
-    assert "Traceback" not in res.err
-    return lines[0]
 
 
 def test_init_backup_snapshots_restore(lbk, repo, src, tmp_path):

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from lbk.errors import ExitCode
+from tests.helpers import one_line_error
 
 MiB = 1 << 20
 
@@ -32,12 +33,6 @@ def disk(tmp_path):
         f.truncate(6 * MiB)
     return p
 
-
-def one_line_error(res) -> str:
-    lines = [line for line in res.err.splitlines() if line.strip()]
-    assert len(lines) == 1, res.err
-    assert "Traceback" not in res.err
-    return lines[0]
 
 
 @pytest.mark.parametrize("sub", ["create", "list", "info", "restore", "verify"])

@@ -15,7 +15,7 @@ from lbk.backend.local import LocalBackend
 from lbk.errors import ExitCode
 from lbk.repo.repository import Repository
 from lbk.repo.snapshots import load_all, remove_snapshot, save_snapshot
-from tests.helpers import PASSWORD, lbk_proc
+from tests.helpers import PASSWORD, lbk_proc, one_line_error
 from tests.ops.test_log import snap
 
 
@@ -29,12 +29,6 @@ def repo(lbk, tmp_path):
 def open_repo(path) -> Repository:
     return Repository.open(LocalBackend(str(path)), lambda: PASSWORD.encode())
 
-
-def one_line_error(res) -> str:
-    lines = [line for line in res.err.splitlines() if line.strip()]
-    assert len(lines) == 1, res.err
-    assert "Traceback" not in res.err
-    return lines[0]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from lbk.errors import ExitCode
-from tests.helpers import lbk_proc
+from tests.helpers import lbk_proc, one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +37,6 @@ def src(tmp_path):
     (s / "sub" / "b.txt").write_text("beta\n")
     return s
 
-
-def one_line_error(res) -> str:
-    lines = [line for line in res.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in res.err, res.err
-    return lines[0]
 
 
 def summary(res) -> dict:
