@@ -81,9 +81,17 @@ import stat as statmod
 import threading
 import time
 from dataclasses import dataclass
+import warnings
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
-import asyncssh
+from cryptography.utils import CryptographyDeprecationWarning
+
+with warnings.catch_warnings():
+    # newer cryptography releases deprecate DSA, which asyncssh names at import time; the
+    # warning is about asyncssh's internals, nothing a user can act on, and it would
+    # break lbk's one-line error output
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import asyncssh
 
 from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
 from lbk.errors import UsageError
