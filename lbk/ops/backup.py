@@ -299,6 +299,13 @@ class Backup:
         carried = [(p, self.old_files.get(p)) for p, _ in files]
         if any(v is None for _, v in carried):
             return None
+        # the tree being indexed does not prove its files' chunks are: a killed run may have
+        # indexed the tree's pack and not a data pack, after a prune removed both
+        index = self.repo.index
+        for _, v in carried:
+            joined = v[4]
+            if any(joined[i : i + 32] not in index for i in range(0, len(joined), 32)):
+                return None
         with self._lock:
             r = self.result
             r.files_unchanged += len(files)

@@ -16,7 +16,7 @@ from lbk.ops.backup import BackupOptions, backup
 from lbk.ops.restore import RestoreOptions, restore
 from lbk.repo.pack import TREE
 from lbk.repo.snapshots import save_snapshot
-from tests.helpers import IS_ROOT, assert_same_tree, make_torture_tree
+from tests.helpers import IS_ROOT, PASSWORD, assert_same_tree, make_torture_tree
 
 
 def do_backup(repo, paths, cache=None, **kw):
@@ -294,6 +294,36 @@ def test_unchanged_directories_reuse_their_tree_without_rebuilding_nodes(local_r
     assert subtree(local_repo, second.snapshot, src) == subtree(local_repo, first.snapshot, src)  # parents like /tmp change
     assert not [c for c in calls if c.startswith(os.fsencode(src) + b"/")], "unchanged entries were rebuilt"
     assert second.files_unchanged == first.files_new
+
+
+def test_a_reused_directory_tree_never_carries_chunks_the_index_lost(local_repo, tmp_path):
+    """The directory's tree is indexed but one file's chunk is not (a killed run indexed
+    the tree pack and not the data pack after a prune removed both): the shortcut must
+    not be taken, the file is read again and the snapshot is whole."""
+    from lbk.ops.check import check
+    from lbk.repo.repository import Repository
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.txt").write_text("stays indexed\n")
+    (src / "d" / "b.txt").write_text("its chunk is lost\n")
+    cache = Cache(str(tmp_path / "cache"), local_repo.id)
+    first, _ = do_backup(local_repo, [src], cache)
+    from lbk.ops.restore import tree_nodes
+
+    lost = next(n for n in tree_nodes(local_repo, subtree(local_repo, first.snapshot, src / "d")) if n.name == b"b.txt").content[0]
+    from lbk.backend.base import Handle
+    from lbk.repo import index as index_mod
+
+    names = [f.name for f in local_repo.backend.list(FileKind.INDEX)]
+    packs = {}
+    for n in names:  # rewrite the index without the chunk, as if its pack had never been indexed
+        packs.update(index_mod.decode(local_repo.load_sealed(Handle(FileKind.INDEX, n)), n)[1])
+    packs = {pid: [e for e in es if e.id != lost] for pid, es in packs.items()}
+    local_repo.save_file(FileKind.INDEX, index_mod.encode(packs, supersedes=[bytes.fromhex(n) for n in names]))
+    second, _ = do_backup(local_repo, [src], cache)
+    assert second.files_unchanged == 1 and second.files_changed == 1
+    assert check(Repository.open(local_repo.backend, lambda: PASSWORD.encode()), Collector()).ok
 
 
 @pytest.mark.parametrize("change", ["chmod", "xattr", "touch", "rename"])
