@@ -81,12 +81,21 @@ class Repository:
         key_files = sorted(backend.list(FileKind.KEY), key=lambda f: f.name)
         if not key_files:
             raise FormatError(f"repository {backend.location} has no key files")
+        damaged: list[FormatError] = []
         for fi in key_files:
-            raw = backend.load(Handle(FileKind.KEY, fi.name))
-            master = keys.try_open(raw, pw, f"keys/{fi.name}")
+            try:
+                raw = backend.load(Handle(FileKind.KEY, fi.name))
+                master = keys.try_open(raw, pw, f"keys/{fi.name}")
+            except NotFound:
+                continue  # removed meanwhile (key remove / passwd elsewhere)
+            except FormatError as e:  # e.g. wiped by a key removal that was interrupted
+                damaged.append(e)
+                continue
             if master is not None:
                 break
         else:
+            if damaged and len(damaged) == len(key_files):
+                raise damaged[0]
             raise WrongPassword("wrong password or no key found")
         repo = cls(backend, master, None, fi.name)  # type: ignore[arg-type]  # config is read next
         repo.config = Config.decode(repo.load_sealed(Handle(FileKind.CONFIG)))

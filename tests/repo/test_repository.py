@@ -358,6 +358,22 @@ def test_key_add_open_with_second_password_and_remove(mem_repo):
     assert reopen(mem_repo, b"second password").master == mem_repo.master
 
 
+@pytest.mark.parametrize("damage", [lambda raw: b"\0" * len(raw), lambda raw: raw[: len(raw) // 2]])
+def test_a_damaged_key_file_does_not_lock_out_the_others(mem_repo, damage):
+    """An interrupted key removal may leave a wiped key file behind: the other keys still
+    open the repository; when no key file is readable, the error names one."""
+    second = repo_admin.add_key(mem_repo, b"second password")
+    first = mem_repo.key_name
+    h = Handle(FileKind.KEY, first)
+    mem_repo.backend.save(h, damage(mem_repo.backend.load(h)), overwrite=True)
+    assert reopen(mem_repo, b"second password").key_name == second
+    with pytest.raises(WrongPassword):
+        reopen(mem_repo)  # the first password's key is unreadable: no key matches it
+    mem_repo.backend.remove(Handle(FileKind.KEY, second))
+    with pytest.raises(FormatError, match=f"keys/{first}"):
+        reopen(mem_repo, b"second password")
+
+
 def test_remove_last_key_refused(mem_repo):
     # the only key is also the one in use; removing it must be refused either way
     with pytest.raises(LbkError):
