@@ -86,6 +86,15 @@ class NotFound(BackendError):
     """Object not found in the backend."""
 
 
+class AlreadyExists(BackendError):
+    """A save without overwrite found the name taken."""
+
+
+class TransientError(BackendError):
+    """A backend operation failed in a way that may succeed when repeated (EIO on a
+    network file system, a busy or stale handle); the retrying wrapper repeats it."""
+
+
 class PasswordError(LbkError):
     """No password could be obtained."""
 

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
-from lbk.errors import BackendError, NotFound
+from lbk.errors import AlreadyExists, BackendError, NotFound, TransientError
 
-__all__ = ["FileKind", "Handle", "Backend", "NotFound", "BackendError", "FileInfo"]
+__all__ = ["FileKind", "Handle", "Backend", "NotFound", "AlreadyExists", "BackendError", "TransientError", "FileInfo"]
 
 
 class FileKind(enum.Enum):
@@ -63,7 +63,7 @@ class Backend(Protocol):
 
     - ``save(h, data)`` is atomic: after a crash the file is either absent or complete,
       never partial, and once ``save`` returns the data is durable. Saving a name that
-      exists raises ``BackendError`` unless ``overwrite=True`` (only locks use that).
+      exists raises ``AlreadyExists`` unless ``overwrite=True`` (only locks use that).
     - ``load(h, offset, length)`` returns exactly ``length`` bytes (or the rest of the
       file when ``length`` is None); a missing file raises ``NotFound``; a range that
       runs past the end raises ``BackendError`` (a short read is never returned).
@@ -73,6 +73,8 @@ class Backend(Protocol):
     - ``create()`` makes an empty repository layout and refuses a non-empty target
       (``BackendError``); ``exists()`` tells whether a repository config is present.
     - Names never contain a path separator; the ``Handle`` constructor checks them.
+    - Errors are ``BackendError``; a failure that may pass when the call is repeated is a
+      ``TransientError`` (the retrying wrapper in ``retry.py`` repeats those).
     """
 
     location: str

@@ -13,10 +13,21 @@ import os
 import secrets
 from typing import Iterator
 
-from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
+from lbk.backend.base import AlreadyExists, BackendError, FileInfo, FileKind, Handle, NotFound, TransientError, check_range
 from lbk.fsutil import fsync_dir
 
 _DIRS = [k for k in FileKind if k is not FileKind.CONFIG]
+# errors of network and removable file systems that a repeated call may not meet again
+_TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EBUSY, errno.ESTALE, errno.ECONNRESET,
+              errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH}
+
+
+def _os_error(what: str, e: OSError) -> BackendError:
+    """The backend error for an OSError: transient or not, and ENOSPC said plainly."""
+    if e.errno == errno.ENOSPC:
+        return BackendError(f"{what}: no space left on device")
+    cls = TransientError if e.errno in _TRANSIENT else BackendError
+    return cls(f"{what}: {e.strerror or e}")
 
 
 class LocalBackend:
@@ -58,7 +69,7 @@ class LocalBackend:
         d = self._dir(h)
         final = os.path.join(d, h.name)
         if not overwrite and os.path.exists(final):
-            raise BackendError(f"{h} already exists")
+            raise AlreadyExists(f"{h} already exists")
         tmp = os.path.join(d, f".tmp-{secrets.token_hex(8)}")
         try:
             try:
@@ -85,9 +96,7 @@ class LocalBackend:
                 os.unlink(tmp)
             except OSError:
                 pass
-            if e.errno == errno.ENOSPC:
-                raise BackendError(f"cannot write {h}: no space left on device") from e
-            raise BackendError(f"cannot write {h}: {e.strerror}") from e
+            raise _os_error(f"cannot write {h}", e) from e
 
     def load(self, h: Handle, offset: int = 0, length: int | None = None) -> bytes:
         try:
@@ -95,7 +104,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{h} not found") from None
         except OSError as e:
-            raise BackendError(f"cannot read {h}: {e.strerror}") from e
+            raise _os_error(f"cannot read {h}", e) from e
         try:
             size = os.fstat(fd).st_size
             n = check_range(h, size, offset, length)
@@ -104,7 +113,7 @@ class LocalBackend:
                 raise BackendError(f"{h}: short read")
             return buf
         except OSError as e:
-            raise BackendError(f"cannot read {h}: {e.strerror}") from e
+            raise _os_error(f"cannot read {h}", e) from e
         finally:
             os.close(fd)
 
@@ -114,7 +123,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{h} not found") from None
         except OSError as e:
-            raise BackendError(f"cannot stat {h}: {e.strerror}") from e
+            raise _os_error(f"cannot stat {h}", e) from e
 
     def list(self, kind: FileKind) -> Iterator[FileInfo]:
         if not os.path.isdir(self.root):
@@ -136,7 +145,7 @@ class LocalBackend:
             except FileNotFoundError:
                 continue
             except OSError as e:
-                raise BackendError(f"cannot list {d}: {e.strerror}") from e
+                raise _os_error(f"cannot list {d}", e) from e
             for e in entries:
                 if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
                     continue
@@ -151,7 +160,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{h} not found") from None
         except OSError as e:
-            raise BackendError(f"cannot remove {h}: {e.strerror}") from e
+            raise _os_error(f"cannot remove {h}", e) from e
 
     def sweep_temporary(self) -> int:
         """Remove leftover ``.tmp-*`` files of interrupted writes; returns the count."""

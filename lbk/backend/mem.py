@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
+from lbk.backend.base import AlreadyExists, BackendError, FileInfo, FileKind, Handle, NotFound, check_range
 
 
 class MemoryBackend:
@@ -26,7 +26,7 @@ class MemoryBackend:
     def save(self, h: Handle, data: bytes, *, overwrite: bool = False) -> None:
         with self._lock:
             if not overwrite and h in self.files:
-                raise BackendError(f"{h} already exists")
+                raise AlreadyExists(f"{h} already exists")
             self.files[h] = bytes(data)
 
     def load(self, h: Handle, offset: int = 0, length: int | None = None) -> bytes:

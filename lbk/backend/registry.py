@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from lbk.backend.base import Backend
 from lbk.errors import UsageError
 
 
-def open_backend(url: str) -> Backend:
-    """Return the backend for a repository URL (see SPEC.md "Repository URLs")."""
+def open_backend(url: str, on_retry: Callable[[str], None] | None = None) -> Backend:
+    """The backend for a repository URL (see SPEC.md "Repository URLs"), wrapped so that
+    transient failures are retried and every save is verified (``retry.py``)."""
+    from lbk import faults
+    from lbk.backend.retry import RetryingBackend
+
+    backend = _open(url)
+    plan = faults.active()
+    if plan is not None:  # tests only: LBK_TEST_FAULTS
+        from lbk.backend.faulty import FaultyBackend
+
+        backend = FaultyBackend(backend, plan)
+    return RetryingBackend(backend, on_retry)
+
+
+def _open(url: str) -> Backend:
     if not url:
         raise UsageError("empty repository URL")
     if url.startswith("file://"):

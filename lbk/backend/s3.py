@@ -89,7 +89,7 @@ import botocore.exceptions as bexc
 import botocore.session
 from botocore.config import Config
 
-from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
+from lbk.backend.base import AlreadyExists, BackendError, FileInfo, FileKind, Handle, NotFound, check_range
 from lbk.errors import UsageError
 
 __all__ = ["S3Target", "S3Backend", "parse_s3_url", "open_s3"]
@@ -473,7 +473,7 @@ class S3Backend:
         if not overwrite:
             conditional = self.conditional_writes()
             if not conditional and self._head(h, what) is not None:
-                raise BackendError(f"{h} already exists")
+                raise AlreadyExists(f"{h} already exists")
         data = bytes(data) if not isinstance(data, bytes) else data
         if len(data) >= self.multipart_threshold:
             self._save_multipart(h, key, data, conditional, what)
@@ -486,7 +486,7 @@ class S3Backend:
             if conditional and (code in _EXISTS or status == 412):
                 if _retried(e) and self._etag_matches(h, hashlib.md5(data).hexdigest()):
                     return  # our own first attempt landed; its answer was lost
-                raise BackendError(f"{h} already exists") from None
+                raise AlreadyExists(f"{h} already exists") from None
             raise self._translate(e, what) from None
         except bexc.BotoCoreError as e:
             raise self._error(e, what) from None
@@ -518,7 +518,7 @@ class S3Backend:
                     if _retried(e) and self._etag_matches(h, f"{hashlib.md5(digests).hexdigest()}-{len(bounds)}"):
                         return
                     if code != "NoSuchUpload":
-                        raise BackendError(f"{h} already exists") from None
+                        raise AlreadyExists(f"{h} already exists") from None
                 raise self._translate(e, what) from None
             except bexc.BotoCoreError as e:
                 raise self._error(e, what) from None

@@ -93,7 +93,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", CryptographyDeprecationWarning)
     import asyncssh
 
-from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
+from lbk.backend.base import AlreadyExists, BackendError, FileInfo, FileKind, Handle, NotFound, check_range
 from lbk.errors import UsageError
 
 __all__ = ["SftpTarget", "SftpBackend", "parse_sftp_url", "open_sftp"]
@@ -539,7 +539,7 @@ class SftpBackend:
                         await sftp.rename(tmp, final)
                     except asyncssh.SFTPError:
                         if await _lexists(sftp, final):
-                            raise BackendError(f"{h} already exists") from None
+                            raise AlreadyExists(f"{h} already exists") from None
                         raise
             except BaseException:
                 try:  # fails at once when the connection is gone; sweep_temporary remains

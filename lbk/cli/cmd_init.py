@@ -29,7 +29,7 @@ def init_cmd() -> None:
         else:
             s.repo = default_repository_path()
             default = True
-    backend = open_backend(s.repo)
+    backend = open_backend(s.repo, on_retry=s.out.warn)
     repo = init_repository(backend, s.new_password(what="password for the new repository"))
     if default:
         write_user_config_value("repository", s.repo)

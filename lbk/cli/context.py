@@ -91,7 +91,7 @@ class Settings:
         return str(url)
 
     def backend(self):
-        backend = open_backend(self.repository_url())
+        backend = open_backend(self.repository_url(), on_retry=self.out.warn)
         if self.limit_upload or self.limit_download:
             from lbk.backend.limit import LimitedBackend
 

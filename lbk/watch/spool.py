@@ -26,7 +26,7 @@ import re
 import threading
 from typing import Callable, Iterator
 
-from lbk.backend.base import Backend, BackendError, FileInfo, FileKind, Handle, NotFound
+from lbk.backend.base import AlreadyExists, Backend, BackendError, FileInfo, FileKind, Handle, NotFound
 from lbk.cache import private_dir, write_private
 from lbk.fsutil import write_atomic
 from lbk.errors import LbkError
@@ -208,10 +208,11 @@ class SpoolingBackend:
                     data = f.read()
                 try:
                     self.inner.save(h, data)
-                except BackendError as e:
-                    if "already exists" not in str(e):  # uploaded before a crash: fine
-                        self.online = False
-                        return False
+                except AlreadyExists:
+                    pass  # uploaded before a crash: files are named by their content
+                except BackendError:
+                    self.online = False
+                    return False
                 with self._lock:
                     os.unlink(p)
                 self.online = True

@@ -12,7 +12,7 @@ from lbk.backend.local import LocalBackend
 from lbk.backend.mem import MemoryBackend
 from lbk.backend.sftp import open_sftp
 
-BACKENDS = ["mem", "local", "sftp", "s3"]
+BACKENDS = ["mem", "local", "retry", "sftp", "s3"]
 
 
 @pytest.fixture
@@ -23,6 +23,14 @@ def mem_backend():
 @pytest.fixture
 def local_backend(tmp_path):
     yield LocalBackend(str(tmp_path / "repo"))
+
+
+@pytest.fixture
+def retry_backend(tmp_path):
+    """The wrapper every command uses (retries, verified saves) over a local directory."""
+    from lbk.backend.retry import RetryingBackend
+
+    yield RetryingBackend(LocalBackend(str(tmp_path / "repo")))
 
 
 @pytest.fixture

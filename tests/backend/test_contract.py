@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lbk.backend.base import BackendError, FileKind, Handle, NotFound
+from lbk.backend.base import AlreadyExists, BackendError, FileKind, Handle, NotFound
 
 
 def h(kind: FileKind, n: int = 0) -> Handle:
@@ -83,7 +83,7 @@ def test_missing_raises_not_found(repo):
 
 def test_save_refuses_overwrite_unless_asked(repo):
     repo.save(h(FileKind.LOCK, 1), b"a")
-    with pytest.raises(BackendError):
+    with pytest.raises(AlreadyExists):
         repo.save(h(FileKind.LOCK, 1), b"b")
     assert repo.load(h(FileKind.LOCK, 1)) == b"a"
     repo.save(h(FileKind.LOCK, 1), b"b", overwrite=True)

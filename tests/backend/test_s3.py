@@ -97,7 +97,7 @@ def test_credentials_in_url_refused_without_echoing_them(url):
 
 def test_registry_opens_s3_without_connecting():
     b = open_backend("s3:http://127.0.0.1:1/bucket/prefix")
-    assert isinstance(b, S3Backend) and b.location == "s3:http://127.0.0.1:1/bucket/prefix"
+    assert isinstance(b.inner, S3Backend) and b.location == "s3:http://127.0.0.1:1/bucket/prefix"
     b.close()
 
 

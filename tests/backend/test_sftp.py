@@ -103,7 +103,7 @@ def test_bad_urls_are_usage_errors(url):
 
 def test_registry_opens_sftp_without_connecting():
     b = open_backend("sftp:nowhere.invalid:/r")
-    assert isinstance(b, SftpBackend) and b.location == "sftp:nowhere.invalid:/r"
+    assert isinstance(b.inner, SftpBackend) and b.location == "sftp:nowhere.invalid:/r"
     b.close()
 
 
