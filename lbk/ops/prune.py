@@ -21,9 +21,8 @@ describes a complete repository, so what steps 5-6 leave behind is at most super
 index files and unindexed packs, both ignored by readers and removed by the next prune.
 Killed at any point, ``check --read-data`` passes and every snapshot restores.
 
-Test hook: ``LBK_TEST_PRUNE_ABORT_AFTER=N`` makes the process exit abruptly
-(``os._exit``) right after prune's N-th change to the backend (a save or a remove), to
-test crash safety at every step. It has no other effect.
+Tests kill prune after each of its changes to the backend with ``LBK_TEST_FAULTS=kill@N``
+(``lbk/faults.py``).
 """
 
 from __future__ import annotations
@@ -48,8 +47,6 @@ from lbk.repo.snapshots import load_all
 
 DEFAULT_MAX_UNUSED = 5.0
 WORKERS = max(2, min(8, os.cpu_count() or 2))
-ABORT_ENV = "LBK_TEST_PRUNE_ABORT_AFTER"
-_ABORT_STATUS = 137
 
 
 class PruneError(LbkError):
@@ -68,30 +65,19 @@ def parse_max_unused(text: str) -> float | None:
     return None if pct >= 100 else pct
 
 
-def _crash() -> None:
-    os._exit(_ABORT_STATUS)
-
-
 class _Mutations:
-    """The backend as prune writes to it: counts saves and removes (for the report and the
-    test-only crash hook); everything else goes straight to the real backend."""
+    """The backend as prune writes to it: counts saves and removes for the report;
+    everything else goes straight to the real backend."""
 
     def __init__(self, inner):
         self.inner = inner
         self.location = inner.location
         self.count = 0
         self._lock = threading.Lock()
-        try:
-            self.limit = int(os.environ.get(ABORT_ENV, "0") or 0)
-        except ValueError:
-            self.limit = 0
 
     def _done(self) -> None:
         with self._lock:
             self.count += 1
-            crash = self.limit and self.count >= self.limit
-        if crash:
-            _crash()
 
     def save(self, h: Handle, data: bytes, *, overwrite: bool = False) -> None:
         self.inner.save(h, data, overwrite=overwrite)

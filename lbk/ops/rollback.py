@@ -44,6 +44,7 @@ from lbk.errors import LbkError
 from lbk.events import Emit, FileError, Progress, discard
 from lbk.model import DIR, FILE, Snapshot, encode_tree
 from lbk.ops.backup import Backup, BackupOptions, BackupResult
+from lbk import faults
 from lbk.ops.rollback_fs import ContentError, SafeTree
 from lbk.ops.rollback_plan import (  # noqa: F401  (re-exported: the public API of rollback)
     ACTIONS, Action, ConfirmationRequired, Plan, RollbackError, RollbackOptions, normalize_path, plan_rollback,
@@ -106,6 +107,7 @@ class _Applier:
         self.emit(FileError(path=path, message=msg, during="rollback"))
 
     def _done(self, a: Action, nbytes: int = 0) -> None:
+        faults.point("rollback-fs")  # tests kill rollback after each change (lbk/faults.py)
         with self._lock:
             self.result.done[a.action] += 1
             self.result.bytes_written += nbytes

@@ -17,30 +17,18 @@ from lbk.backend.local import LocalBackend
 from lbk.events import Collector
 from lbk.ops.backup import BackupOptions, backup
 from lbk.ops.check import check
-from lbk.ops.prune import ABORT_ENV
 from lbk.ops.restore import RestoreOptions, restore
 from lbk.repo.repository import Repository
 from lbk.repo.snapshots import load_all, remove_snapshot
+from tests.faults.common import contents, open_repo
 from tests.helpers import PASSWORD, lbk_popen, lbk_proc
 
-ABORTED = 137  # the hook's exit status (os._exit, no clean-up: like kill -9)
+KILLED = -9  # LBK_TEST_FAULTS=kill@N: the process SIGKILLs itself, as kill -9 would
 
 
 @pytest.fixture(autouse=True)
 def fast_locks(monkeypatch):
     monkeypatch.setattr("lbk.repo.lock.RECHECK_DELAY", 0.0)
-
-
-def open_repo(root) -> Repository:
-    return Repository.open(LocalBackend(str(root)), lambda: PASSWORD.encode())
-
-
-def contents(root) -> dict:
-    out = {}
-    for d, _, fs in os.walk(root):
-        for f in fs:
-            out[os.path.relpath(os.path.join(d, f), root)] = open(os.path.join(d, f), "rb").read()
-    return out
 
 
 @pytest.fixture
@@ -89,25 +77,28 @@ def assert_valid(root, src, survivors, tmp_path, via_cli: bool = False, restores
 
 
 def _kill_points(pristine, src, survivors, tmp_path) -> tuple[int, int]:
-    """Run prune to the end once: (number of backend changes, the change that writes the new index)."""
+    """Run prune to the end once, tracing its writes: (number of backend changes, the
+    change that writes the new index)."""
     full = tmp_path / "full"
     shutil.copytree(pristine, full)
-    p = lbk_proc("-r", full, "--json", "prune", "--max-unused", "0")
+    trace = tmp_path / "trace"
+    p = lbk_proc("-r", full, "--json", "prune", "--max-unused", "0", env={"LBK_TEST_FAULTS": f"trace={trace}"})
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert report["packs_repacked"] >= 2 and report["packs_unused"] >= 1 and report["index_files_before"] >= 5
     assert_valid(full, src, survivors, tmp_path, restores=False)
-    total = report["backend_changes"]
-    new_index = total - report["index_files_removed"] - report["packs_deleted"]
-    assert total >= 10 and 1 < new_index < total
-    return total, new_index
+    writes = trace.read_text().splitlines()
+    assert len(writes) == report["backend_changes"] + 2  # + its lock, written and removed
+    new_index = [i for i, w in enumerate(writes, 1) if w.startswith("save index/")][-1]
+    assert writes[new_index:] and all(w.startswith("remove ") for w in writes[new_index:])
+    return len(writes), new_index
 
 
 def _kill_at(n, pristine, src, survivors, tmp_path, via_cli: bool) -> None:
     root = tmp_path / f"killed-{n}"
     shutil.copytree(pristine, root)
-    p = lbk_proc("-r", root, "prune", "--max-unused", "0", env={ABORT_ENV: str(n)})
-    assert p.returncode == ABORTED, (n, p.stderr)
+    p = lbk_proc("-r", root, "prune", "--max-unused", "0", env={"LBK_TEST_FAULTS": f"kill@{n}"})
+    assert p.returncode == KILLED, (n, p.stderr)
     assert_valid(root, src, survivors, tmp_path, via_cli=via_cli)
     from lbk.ops.prune import prune
 

@@ -15,7 +15,6 @@ from lbk.backend.local import LocalBackend
 from lbk.errors import UsageError
 from lbk.events import Collector
 from lbk.model import Snapshot
-from lbk.ops import prune as prune_mod
 from lbk.ops.backup import BackupOptions, backup
 from lbk.ops.check import check
 from lbk.ops.policy import Duration, Policy, apply_policy, forget, parse_duration
@@ -375,7 +374,11 @@ class Crash(BaseException):
 
 def test_prune_interrupted_after_every_single_change_leaves_a_valid_repository(history, tmp_path, monkeypatch):
     """The in-process twin of tests/cli/test_prune_kill.py: stop prune right after its N-th
-    change to the backend, for every N, and check the repository each time."""
+    change to the backend (its lock included), for every N, and check the repository each time."""
+    import lbk.backend.faulty as faulty_mod
+    from lbk.backend.faulty import FaultyBackend
+    from lbk.faults import Faults, parse
+
     repo, src, gens = history
     for sid, _ in gens[:3]:
         remove_snapshot(repo, sid)
@@ -386,17 +389,25 @@ def test_prune_interrupted_after_every_single_change_leaves_a_valid_repository(h
     def crash():
         raise Crash
 
-    monkeypatch.setattr(prune_mod, "_crash", crash)
-    total = prune(fresh(repo), max_unused=0.0).backend_changes
-    assert total >= 6  # new pack(s), index, index removals, pack removals
+    monkeypatch.setattr(faulty_mod, "die", crash)
+
+    def open_with(root, spec: str):
+        faults = Faults(parse(spec))
+        backend = FaultyBackend(LocalBackend(str(root)), faults)
+        return Repository.open(backend, lambda: PASSWORD.encode()), faults
+
+    counting, faults = open_with(shutil.copytree(pristine, tmp_path / "count"), "")
+    changes = prune(counting, max_unused=0.0).backend_changes
+    total = faults.counted("write")
+    assert changes >= 6 and total == changes + 2  # new pack(s), index, removals; + lock save and removal
     for n in range(1, total + 1):
         root = tmp_path / f"r{n}"
         shutil.copytree(pristine, root)
-        r = Repository.open(LocalBackend(str(root)), lambda: PASSWORD.encode())
-        monkeypatch.setenv(prune_mod.ABORT_ENV, str(n))
+        r, _ = open_with(root, f"kill@{n}")
         with pytest.raises(Crash):
             prune(r, max_unused=0.0)
-        monkeypatch.delenv(prune_mod.ABORT_ENV)
+        for lk in list(LocalBackend(str(root)).list(FileKind.LOCK)):  # a dead process's lock: stale
+            LocalBackend(str(root)).remove(Handle(FileKind.LOCK, lk.name))
         r = Repository.open(LocalBackend(str(root)), lambda: PASSWORD.encode())
         chk = check(r, Collector(), read_data=True)
         assert chk.ok, (n, chk.problems)
