@@ -15,12 +15,15 @@ Every command's backend is wrapped in it (``open_backend``). It does two things:
   if it stays short, the save fails and no index or snapshot will name it.
 
 Errors that are not transient (no space left, permission denied, unreachable) pass
-through at once: the watch daemon must fall back to its spool without delay.
+through at once: the watch daemon must fall back to its spool without delay. Once an
+operation has failed for good, ``abort()`` ends the retries in progress in other
+threads, so the command's error is its last word; operations started later retry as
+usual (the watch daemon goes on after a failed commit).
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Callable, Iterator, TypeVar
 
 from lbk.backend.base import AlreadyExists, Backend, BackendError, FileInfo, FileKind, Handle, NotFound, TransientError
@@ -37,22 +40,37 @@ class RetryingBackend:
         self.on_retry = on_retry
         self.delays = delays
         self.retries = 0
+        self._generation = 0  # bumped by abort(); an operation retries while it is unchanged
+        self._cond = threading.Condition()
 
-    def _pause(self, attempt: int, err: BackendError) -> None:
+    def abort(self) -> None:
+        """Give up the retries in progress: they raise their error at once."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def _pause(self, attempt: int, err: BackendError, gen: int) -> None:
+        """Wait before the next attempt, or raise ``err`` when aborted meanwhile."""
         delay = self.delays[attempt]
-        self.retries += 1
+        with self._cond:
+            if self._generation != gen:
+                raise err
+            self.retries += 1
         if self.on_retry is not None:
             self.on_retry(f"{err.message}; retrying in {delay:g} s (attempt {attempt + 2} of {len(self.delays) + 1})")
-        time.sleep(delay)
+        with self._cond:
+            if self._cond.wait_for(lambda: self._generation != gen, timeout=delay):
+                raise err
 
     def _retry(self, fn: Callable[[], _T]) -> _T:
+        gen = self._generation
         for attempt in range(len(self.delays) + 1):
             try:
                 return fn()
             except TransientError as e:
                 if attempt == len(self.delays):
                     raise
-                self._pause(attempt, e)
+                self._pause(attempt, e, gen)
         raise AssertionError("unreachable")
 
     # -- Backend protocol -------------------------------------------------------------
@@ -63,6 +81,7 @@ class RetryingBackend:
         return self._retry(self.inner.exists)
 
     def save(self, h: Handle, data: bytes, *, overwrite: bool = False) -> None:
+        gen = self._generation
         failed = False
         for attempt in range(len(self.delays) + 1):
             last = attempt == len(self.delays)
@@ -76,7 +95,7 @@ class RetryingBackend:
                 failed = True
                 if last:
                     raise
-                self._pause(attempt, e)
+                self._pause(attempt, e, gen)
                 continue
             size = self._retry(lambda: self.inner.stat(h))
             if size == len(data):
@@ -88,7 +107,7 @@ class RetryingBackend:
                 pass  # named by a hash of what it should hold: check reports it, prune removes it
             if last:
                 raise BackendError(short.message)
-            self._pause(attempt, short)
+            self._pause(attempt, short, gen)
         raise AssertionError("unreachable")
 
     def load(self, h: Handle, offset: int = 0, length: int | None = None) -> bytes:
@@ -101,6 +120,7 @@ class RetryingBackend:
         return iter(self._retry(lambda: list(self.inner.list(kind))))
 
     def remove(self, h: Handle) -> None:
+        gen = self._generation
         failed = False
         for attempt in range(len(self.delays) + 1):
             try:
@@ -114,7 +134,7 @@ class RetryingBackend:
                 if attempt == len(self.delays):
                     raise
                 failed = True
-                self._pause(attempt, e)
+                self._pause(attempt, e, gen)
 
     def close(self) -> None:
         self.inner.close()

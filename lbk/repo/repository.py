@@ -219,18 +219,36 @@ class Repository:
 
     def _upload_and_release(self, packer: pack_mod.PackWriter) -> None:
         try:
+            if self._upload_error is not None:
+                raise self._upload_error  # an earlier pack failed: the run is over
             self._upload(packer)
         except BaseException as e:
-            self._upload_error = e
+            with self._lock:
+                for entry in packer.entries:  # not stored: a later save_blob stores them anew
+                    self._pending.discard(entry.id)
+                if self._upload_error is None:
+                    self._upload_error = e
+            abort = getattr(self.backend, "abort", None)
+            if abort is not None:
+                abort()  # no more retries elsewhere: the error is final
             raise
         finally:
             self._upload_slots.release()
 
     def wait_uploads(self) -> None:
+        """Wait for the uploads in flight; raise the first failure (once: a long-lived
+        writer such as the watch daemon may go on after it)."""
         with self._lock:
             futs, self._uploads = self._uploads, []
         for f in futs:
-            f.result()  # re-raises the first upload error
+            try:
+                f.result()
+            except BaseException:
+                pass
+        with self._lock:
+            err, self._upload_error = self._upload_error, None
+        if err is not None:
+            raise err
 
     def _upload(self, packer: pack_mod.PackWriter) -> None:
         name, data, entries = packer.finish(self.master.encrypt)

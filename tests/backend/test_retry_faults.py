@@ -191,3 +191,21 @@ def test_local_backend_classifies_os_errors(local, monkeypatch, err, transient):
     if err == errno.ENOSPC:
         assert "no space left on device" in e.value.message
     assert not [f for f in os.listdir(os.path.join(local.root, "data", "00")) if f.startswith(".tmp-")]
+
+
+def test_abort_ends_retries_in_progress_but_not_later_operations(local):
+    import threading
+
+    faults = Faults(parse("eio@1,eio@2,eio@3,eio@4,eio@6"))
+    b = RetryingBackend(FaultyBackend(local, faults), delays=(60.0, 60.0, 60.0))
+    caught = []
+    t = threading.Thread(target=lambda: caught.append(pytest.raises(TransientError, b.save, h(1), b"x")))
+    t.start()
+    while b.retries == 0:
+        t.join(0.01)
+    b.abort()
+    t.join(10)
+    assert not t.is_alive() and caught  # it gave up at once instead of waiting 60 s
+    b.delays = NO_WAIT
+    b.save(h(2), b"y")  # started after the abort: the failure at save 6 is retried
+    assert local.load(h(2)) == b"y"
