@@ -119,6 +119,7 @@ class Watcher:
         self._state_lock = threading.Lock()
         self._unsynced_since: float | None = None
         self.scanner: Backup | None = None  # made by scan(): loading the files cache costs memory
+        self.spool_full = False  # a commit met the spool cap: no more commits until a sync
         spool.on_spool = self._on_spool
 
     # -- engine ---------------------------------------------------------------------
@@ -269,8 +270,31 @@ class Watcher:
 
     # -- commit -------------------------------------------------------------------------
     def commit(self) -> Snapshot | None:
+        """Write the trees of the changed directories and a live snapshot. On failure
+        (spool full, disk error) nothing is forgotten: the directories stay dirty, and
+        files whose chunks were lost with a failed pack are captured again."""
         if not self.dirty:
             return None
+        try:
+            return self._commit()
+        except BaseException:
+            self._recapture_unstored()
+            raise
+
+    def _unstored(self) -> list[bytes]:
+        """Files in the changed directories with a chunk that is neither stored nor on its
+        way (it was in a pack whose upload failed)."""
+        has = self.repo.has_blob
+        return [os.path.join(d, name) for d in self.dirty for name, n in self.mirror.get(d, {}).items()
+                if n.type == FILE and not all(has(c) for c in n.content)]
+
+    def _recapture_unstored(self) -> list[bytes]:
+        lost = self._unstored()
+        if lost:
+            self.on_fs_event(*lost)
+        return lost
+
+    def _commit(self) -> Snapshot | None:
         heap = [(-d.count(b"/"), d) for d in self.dirty]
         heapq.heapify(heap)
         queued = set(self.dirty)
@@ -296,12 +320,13 @@ class Watcher:
             if parent not in queued:
                 queued.add(parent)
                 heapq.heappush(heap, (-parent.count(b"/"), parent))
-        self.dirty.clear()
         self.commits_since_consolidation += 1
         consolidate = self.commits_since_consolidation >= CONSOLIDATE_EVERY
         self.repo.flush(consolidate=consolidate)
         if consolidate:
             self.commits_since_consolidation = 0
+        if self._recapture_unstored():  # the last line of defence: never commit a hole
+            raise LbkError("some captured data was not stored; those files are read again before the next commit")
         captured = self.uncommitted
         self.uncommitted = []
         now = time.monotonic()
@@ -314,6 +339,8 @@ class Watcher:
         )
         spooled_before = self.spool.spool_usage()[0]
         save_snapshot(self.repo, snap)
+        self.dirty.clear()
+        self.spool_full = False
         self.parent = snap.id
         self.last_commit = now
         self.state.last_commit = time.time()
@@ -380,7 +407,7 @@ class Watcher:
                         nd = self.pending.next_due()
                         if nd is not None:
                             deadlines.append(nd)
-                        if self.dirty:
+                        if self.dirty and not self.spool_full:
                             deadlines.append(self.last_commit + self.opts.commit_interval)
                         wait = min(deadlines) - now
                         if wait <= 0:
@@ -401,7 +428,7 @@ class Watcher:
                         retry.append(path)
                 if retry:
                     self.on_fs_event(*retry)
-                if self.dirty and (stopping or self._commit_due()):
+                if self.dirty and (stopping or self._commit_due()) and not self.spool_full:
                     self._guarded(self.commit)
                 self.write_state()
                 if stopping and not len(self.pending):
@@ -436,6 +463,7 @@ class Watcher:
         try:
             return fn()
         except SpoolFull as e:
+            self.spool_full = True  # captures wait (in memory) until the spool drains
             self._set_error(e.message)
             self.emit(Warning_(message=e.message))
             return False
@@ -466,6 +494,7 @@ class Watcher:
         if uploaded["files"]:
             self.emit(Synced(files=uploaded["files"], bytes=uploaded["bytes"]))
         if done:
+            self.spool_full = False
             self._unsynced_since = None
             self.state.online = True
             self.write_state(force=True)
