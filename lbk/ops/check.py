@@ -48,6 +48,7 @@ class CheckResult:
     packs_read: int = 0
     bytes_read: int = 0
     unindexed_packs: int = 0
+    marked_damaged: int = 0  # nodes marked by 'lbk repair snapshots' (counted once per tree): not problems
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -228,6 +229,8 @@ class Checker:
         else:
             for n in nodes:
                 p = path.rstrip(b"/") + b"/" + n.name
+                if n.error:
+                    self.result.marked_damaged += 1
                 if n.type == DIR:
                     if n.subtree is None:
                         self.problem("tree", tree_id.hex(), f"directory {n.name!r} has no subtree", snapshot=snap[:8])
