@@ -46,9 +46,10 @@ def check_cmd(read_data, read_data_subset) -> int:
         + (f"; read {res.packs_read} packs ({human_size(res.bytes_read)})" if res.packs_read else "")
     )
     if res.unindexed_packs and res.ok:
-        s.out.print(f"{res.unindexed_packs} packs are not indexed (left by an interrupted run; 'lbk prune' removes them)")
+        s.out.print(f"{res.unindexed_packs} packs are not indexed (left by an interrupted run, or set aside as damaged "
+                    "by 'lbk repair index'; 'lbk prune' removes them)")
     elif res.unindexed_packs:
-        s.out.print(f"{res.unindexed_packs} packs are not indexed: 'lbk repair index' indexes them again")
+        s.out.print(f"{res.unindexed_packs} packs are not indexed: 'lbk repair index' indexes the sound ones again")
     if res.marked_damaged:
         s.out.print(f"{res.marked_damaged} files or directories are marked damaged by 'lbk repair snapshots' "
                     "(see 'lbk ls --long'; not errors)")

@@ -55,7 +55,7 @@ def repair_index_cmd(read_data) -> None:
     for p in res.packs_damaged:
         s.out.warn(f"pack {p.pack[:16]} damaged: {p.message}; left unindexed for 'lbk prune'")
     for b in res.blobs_dropped:
-        s.out.warn(f"{b.type} blob {b.id[:16]} in pack {b.pack[:16]} dropped: {b.message}")
+        s.out.warn(f"{b.type} blob {b.id[:16]} dropped: {b.message}")
     s.out.print(
         f"read {res.packs_read} of {res.packs} packs" + (f" ({human_size(res.bytes_read)})" if read_data else "")
         + f"; indexed {res.blobs_indexed} blobs in {res.packs_indexed} packs"

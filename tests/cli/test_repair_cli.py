@@ -103,7 +103,7 @@ def test_check_points_at_repair_index_when_an_index_file_is_lost(lbk, repo, src)
     for f in os.listdir(repo / "index"):
         os.unlink(repo / "index" / f)
     res = lbk("-r", repo, "check")
-    assert res.code == ExitCode.FATAL and "'lbk repair index' indexes them again" in res.out
+    assert res.code == ExitCode.FATAL and "'lbk repair index' indexes the sound ones again" in res.out
     assert lbk("-r", repo, "repair", "index").code == 0
     assert lbk("-r", repo, "check", "--read-data").code == 0
 
