@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lbk.backend.base import FileKind, NotFound
@@ -218,14 +219,21 @@ def _run(repo: Repository, dry_run: bool, forget: bool, emit: Emit) -> RepairSna
     res = RepairSnapshotsResult(dry_run=dry_run, forget=forget)
     repo.load_index()
     rw = _Rewriter(repo, dry_run)
-    snaps: list[Snapshot] = []
-    for name in sorted(repo.list_snapshot_names()):
+    def load(name: str) -> Snapshot | SnapshotRepair | None:
         try:
-            snaps.append(load_snapshot(repo, name))
+            return load_snapshot(repo, name)
         except NotFound:
-            continue
+            return None
         except _DAMAGE as e:
-            res.repairs.append(SnapshotRepair(name, "", "unreadable", message=e.message))
+            return SnapshotRepair(name, "", "unreadable", message=e.message)
+
+    snaps: list[Snapshot] = []
+    with ThreadPoolExecutor(8) as pool:  # a remote backend pays a round trip per file
+        for got in pool.map(load, sorted(repo.list_snapshot_names())):
+            if isinstance(got, Snapshot):
+                snaps.append(got)
+            elif got is not None:
+                res.repairs.append(got)
     snaps.sort(key=lambda s: (s.time, s.id))
     res.snapshots = len(snaps) + len(res.repairs)
     done_before = {s.summary.get("repaired_from"): s for s in snaps if s.summary.get("repaired_from")}
