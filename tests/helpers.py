@@ -52,6 +52,11 @@ def local_repo(tmp_path):
     return Repository.create(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode())
 
 
+def open_local(root) -> Repository:
+    """The local repository at ``root`` as a new process opens it."""
+    return Repository.open(LocalBackend(str(root)), lambda: PASSWORD.encode())
+
+
 def one_line_error(res) -> str:
     """The single line a failing command printed on stderr (no traceback), for matching."""
     lines = [line for line in res.err.splitlines() if line.strip()]
@@ -100,6 +105,18 @@ def lbk_popen(*args, env=None, **kw) -> subprocess.Popen:
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.Popen([sys.executable, "-m", "lbk", *map(str, args)], env=e, **kw)
+
+
+def files_under(root) -> dict[str, bytes]:
+    """Every regular file beneath ``root``: relative path -> content (a repository's
+    files, to show that a command wrote nothing; a restore, to compare it)."""
+    out = {}
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
 
 
 # -- a torture tree ---------------------------------------------------------------

@@ -37,7 +37,7 @@ def check_cmd(read_data, read_data_subset) -> int:
     summary = {
         "message_type": "summary", "ok": res.ok, "snapshots": res.snapshots, "trees": res.trees,
         "packs": res.packs, "blobs": res.blobs, "packs_read": res.packs_read, "bytes_read": res.bytes_read,
-        "unindexed_packs": res.unindexed_packs, "problems": len(res.problems),
+        "unindexed_packs": res.unindexed_packs, "marked_damaged": res.marked_damaged, "problems": len(res.problems),
         "damaged_snapshots": sorted({p.snapshot for p in res.problems if p.snapshot}),
     }
     s.out.line(summary)
@@ -45,8 +45,14 @@ def check_cmd(read_data, read_data_subset) -> int:
         f"checked {res.snapshots} snapshots, {res.trees} trees, {res.packs} packs, {res.blobs} blobs"
         + (f"; read {res.packs_read} packs ({human_size(res.bytes_read)})" if res.packs_read else "")
     )
-    if res.unindexed_packs:
-        s.out.print(f"{res.unindexed_packs} packs are not indexed (left by an interrupted run; 'lbk prune' removes them)")
+    if res.unindexed_packs and res.ok:
+        s.out.print(f"{res.unindexed_packs} packs are not indexed (left by an interrupted run, or set aside as damaged "
+                    "by 'lbk repair index'; 'lbk prune' removes them)")
+    elif res.unindexed_packs:
+        s.out.print(f"{res.unindexed_packs} packs are not indexed: 'lbk repair index' indexes the sound ones again")
+    if res.marked_damaged:
+        s.out.print(f"{res.marked_damaged} files or directories are marked damaged by 'lbk repair snapshots' "
+                    "(see 'lbk ls --long'; not errors)")
     if res.ok:
         s.out.print("no errors found")
         return ExitCode.OK

@@ -43,6 +43,7 @@ def ls_cmd(ref, path, long_, recursive, host, tags) -> None:
                 "mode": n.mode, "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group, "size": n.size,
                 "mtime": datetime.fromtimestamp(n.mtime_ns / 1e9).astimezone().isoformat(),
                 "target": os.fsdecode(n.target) if n.type == SYMLINK else None,
+                "error": n.error or None,
             })
             continue
         name = os.fsdecode(e.path) + ("/" if n.type == DIR else "")
@@ -53,6 +54,8 @@ def ls_cmd(ref, path, long_, recursive, host, tags) -> None:
             line = f"{mode} {owner:<16} {n.size:>12} {when} {name}"
             if n.type == SYMLINK:
                 line += f" -> {os.fsdecode(n.target)}"
+            if n.error:
+                line += f"  [{n.error}]"
             s.out.print(line)
         else:
             s.out.print(name)

@@ -14,15 +14,7 @@ import sys
 from datetime import datetime
 
 from lbk.events import ByteProgress, Event, FileError, Progress, Verbose, Warning_
-
-
-def human_size(n: int | float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+from lbk.units import human_size  # the commands import it from here too
 
 
 def fmt_time(t: datetime) -> str:

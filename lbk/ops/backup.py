@@ -291,18 +291,24 @@ class Backup:
 
     def _reuse_tree(self, path: bytes, digest: bytes, kept: list) -> bytes | None:
         """The cached tree id when no entry of the directory changed (by lstat); then its
-        files are not even looked at one by one (their cache entries are carried over)."""
+        files are not even looked at one by one (their cache entries are carried over).
+
+        The tree being indexed is not enough: after a pack was lost and the index
+        repaired, a directory's tree can be present while its files' chunks are gone.
+        The same holds after a backup was killed once its tree pack was indexed but not a
+        data pack, following a prune that removed both. So every carried file's content
+        ids must be in the index too, as for a single unchanged file; otherwise the
+        directory is rebuilt and the lost chunks re-read. (Subdirectories answer for
+        themselves: their ids come from their own walk.)"""
         old = self.old_dirs.get(path)
-        if old is None or old[0] != digest or old[1] not in self.repo.index:
+        index = self.repo.index
+        if old is None or old[0] != digest or old[1] not in index:
             return None
         files = [(e.path, st) for e, st, _ in kept if stat.S_ISREG(st.st_mode)]
         carried = [(p, self.old_files.get(p)) for p, _ in files]
-        if any(v is None for _, v in carried):
-            return None
-        # the tree being indexed does not prove its files' chunks are: a killed run may have
-        # indexed the tree's pack and not a data pack, after a prune removed both
-        index = self.repo.index
         for _, v in carried:
+            if v is None:
+                return None
             joined = v[4]
             if any(joined[i : i + 32] not in index for i in range(0, len(joined), 32)):
                 return None

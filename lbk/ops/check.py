@@ -20,7 +20,7 @@ from lbk.events import Emit, Progress
 from lbk.model import DIR, FILE, decode_tree
 from lbk.repo import crypto, index as index_mod
 from lbk.repo.index import Index
-from lbk.repo.pack import TREE, parse_header, header_length
+from lbk.repo.pack import TREE, PackEntry, header_length, parse_header
 from lbk.repo.repository import Repository
 from lbk.repo.snapshots import load_snapshot
 
@@ -48,6 +48,7 @@ class CheckResult:
     packs_read: int = 0
     bytes_read: int = 0
     unindexed_packs: int = 0
+    marked_damaged: int = 0  # nodes marked by 'lbk repair snapshots' (counted once per tree): not problems
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -76,6 +77,43 @@ def _select(packs: list[str], subset: tuple | None) -> list[str]:
         return random.sample(packs, min(k, len(packs)))
     _, n, m = subset
     return [p for p in packs if int(p[:8], 16) % m == n - 1]
+
+
+def load_pack(repo: Repository, pack_id: str) -> bytes:
+    """A whole pack file, as stored."""
+    return repo.backend.load(Handle(FileKind.DATA, pack_id))
+
+
+def inspect_pack(repo: Repository, pack_id: str, data: bytes) -> tuple[bool, list[PackEntry] | None, str]:
+    """(name matches the hash of the bytes, the pack's own header entries or None, why
+    the header could not be read)."""
+    what = f"pack {pack_id[:16]}"
+    hash_ok = crypto.content_hash(data) == pack_id
+    try:
+        n = header_length(data[-4:], len(data), what)
+        return hash_ok, parse_header(repo.master.encrypt, data[-4 - n : -4], len(data) - 4 - n, what), ""
+    except _DAMAGE as e:
+        return hash_ok, None, e.message
+
+
+def verify_blobs(repo: Repository, pack_id: str, data: bytes, entries: list[PackEntry],
+                 keep: bool = False) -> tuple[list[tuple[PackEntry, bytes | None]], list[tuple[PackEntry, str]]]:
+    """Open every blob of ``entries`` in a pack's bytes and recompute its id:
+    (good entries with their plaintext when ``keep``, bad entries with the reason)."""
+    good: list[tuple[PackEntry, bytes | None]] = []
+    bad: list[tuple[PackEntry, str]] = []
+    view = memoryview(data)
+    for e in entries:
+        if e.offset + e.length > len(data):
+            bad.append((e, "blob lies beyond the end of the pack (truncated)"))
+            continue
+        try:
+            plain = repo.verify_blob(pack_id, e, view[e.offset : e.offset + e.length])
+        except _DAMAGE as err:
+            bad.append((e, err.message))
+            continue
+        good.append((e, plain if keep else None))
+    return good, bad
 
 
 class Checker:
@@ -125,37 +163,23 @@ class Checker:
 
     def read_pack(self, pack_id: str, entries) -> list[tuple[bytes, str]]:
         """Return (blob id, reason) for every bad blob in a pack."""
-        h = Handle(FileKind.DATA, pack_id)
-        what = f"pack {pack_id[:16]}"
         try:
-            data = self.repo.backend.load(h)
+            data = load_pack(self.repo, pack_id)
         except _DAMAGE as e:
             return [(e_.id, f"cannot read pack: {e.message}") for e_ in entries]
         self.result.bytes_read += len(data)
-        bad: list[tuple[bytes, str]] = []
-        hash_ok = crypto.content_hash(data) == pack_id
+        hash_ok, own, header_error = inspect_pack(self.repo, pack_id, data)
         if not hash_ok:
             self.problem("pack", pack_id, "pack content does not match its name (damaged)")
-        try:
-            n = header_length(data[-4:], len(data), what)
-            own = parse_header(self.repo.master.encrypt, data[-4 - n : -4], len(data) - 4 - n, what)
+        if own is None:
+            self.problem("pack", pack_id, f"pack header unreadable: {header_error}")
+        else:
             own_ids = {(e.id, e.offset, e.length) for e in own}
             for e in entries:
                 if (e.id, e.offset, e.length) not in own_ids:
                     self.problem("pack", pack_id, f"index entry for blob {e.id.hex()[:16]} disagrees with the pack header")
-        except _DAMAGE as e:
-            self.problem("pack", pack_id, f"pack header unreadable: {e.message}")
-        for e in entries:
-            loc = self.repo.index.get(e.id)
-            if loc is None or loc.pack != pack_id:
-                loc = index_mod.BlobLocation(pack_id, e.type, e.offset, e.length, e.raw_length)
-            try:
-                plain = self.repo.decode_blob(loc, e.id, data[e.offset : e.offset + e.length])
-                if self.repo.master.blob_id(plain) != e.id:
-                    bad.append((e.id, "content does not match its id"))
-            except _DAMAGE as err:
-                bad.append((e.id, err.message))
-        return bad
+        _good, bad = verify_blobs(self.repo, pack_id, data, entries)
+        return [(e.id, reason) for e, reason in bad]
 
     def read_data(self, idx: Index, subset: tuple | None) -> None:
         packs = _select(sorted(idx.packs), subset)
@@ -205,6 +229,8 @@ class Checker:
         else:
             for n in nodes:
                 p = path.rstrip(b"/") + b"/" + n.name
+                if n.error:
+                    self.result.marked_damaged += 1
                 if n.type == DIR:
                     if n.subtree is None:
                         self.problem("tree", tree_id.hex(), f"directory {n.name!r} has no subtree", snapshot=snap[:8])

@@ -35,14 +35,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from lbk.backend.base import FileKind, Handle, NotFound
+from lbk.backend.base import FileKind, Handle
 from lbk.errors import IntegrityError, FormatError, BackendError, LbkError, UsageError
 from lbk.events import Emit, Progress, discard
 from lbk.model import DIR, FILE, TREE_VERSION, Snapshot
-from lbk.repo import index as index_mod
-from lbk.repo.index import BlobLocation
 from lbk.repo.pack import TREE, PackEntry
-from lbk.repo.repository import Repository
+from lbk.repo.repository import Repository, remove_files
 from lbk.repo.snapshots import load_all
 
 DEFAULT_MAX_UNUSED = 5.0
@@ -305,14 +303,10 @@ def _repack(repo: Repository, writer: Repository, p: PrunePlan, res: PruneResult
 
     def opened(args) -> bytes:
         pack_id, raw, e = args
-        loc = BlobLocation(pack_id, e.type, e.offset, e.length, e.raw_length)
         try:
-            data = repo.decode_blob(loc, e.id, raw[e.offset : e.offset + e.length])
-            if repo.master.blob_id(data) != e.id:
-                raise IntegrityError(f"blob {e.id.hex()[:16]} in pack {pack_id[:16]}: content does not match its id")
+            return repo.verify_blob(pack_id, e, raw[e.offset : e.offset + e.length])
         except (IntegrityError, FormatError) as err:
             raise PruneError(f"cannot repack: {err.message}; run 'lbk check' - nothing was deleted") from None
-        return data
 
     done = 0
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-repack") as pool:
@@ -347,17 +341,16 @@ def execute(repo: Repository, p: PrunePlan, emit: Emit = discard) -> PruneResult
     new_packs = dict(writer.index.packs)
     res.packs_written = len(new_packs)
 
-    # 2. one index for everything that remains, superseding every index file there is
-    all_index = [f.name for f in repo.backend.list(FileKind.INDEX)]
+    # 2. one index for everything that remains, superseding every index file there is,
+    # and only then the superseded index files deleted
     final = dict(new_packs)  # first: a blob copied out of a repacked pack resolves to its new copy
     final.update(p.keep)
-    writer.save_file(FileKind.INDEX, index_mod.encode(final, supersedes=[bytes.fromhex(n) for n in all_index]))
+    _name, res.index_files_removed = writer.replace_index(final)
     res.index_files_written = 1
 
-    # 3. delete: superseded index files, then packs, then temporary files. Within each
-    # group the order does not matter (readers ignore all of them now): many at a time.
-    res.index_files_removed = _remove_all(backend, [Handle(FileKind.INDEX, n) for n in all_index])
-    res.packs_deleted = _remove_all(backend, [Handle(FileKind.DATA, x) for x in p.packs_to_delete()])
+    # 3. delete packs, then temporary files. The order does not matter (readers ignore
+    # all of them now): many at a time.
+    res.packs_deleted = remove_files(backend, [Handle(FileKind.DATA, x) for x in p.packs_to_delete()])
     if hasattr(repo.backend, "sweep_temporary"):
         res.temporary_files_removed = repo.backend.sweep_temporary()
     res.backend_changes = backend.count
@@ -368,21 +361,6 @@ def execute(repo: Repository, p: PrunePlan, emit: Emit = discard) -> PruneResult
     res.bytes_after = sum(new_sizes.values()) + sum(f.size for f in repo.backend.list(FileKind.INDEX))
     res.duration = p.duration + time.monotonic() - start
     return res
-
-
-def _remove_all(backend, handles: list[Handle]) -> int:
-    """Remove files concurrently (a remote backend pays a round trip for each); returns
-    how many were removed (a file already gone counts as removed by someone else)."""
-
-    def remove(h: Handle) -> int:
-        try:
-            backend.remove(h)
-            return 1
-        except NotFound:
-            return 0
-
-    with ThreadPoolExecutor(8, thread_name_prefix="lbk-prune-rm") as pool:
-        return sum(pool.map(remove, handles))
 
 
 def _result_from_plan(p: PrunePlan, dry_run: bool) -> PruneResult:

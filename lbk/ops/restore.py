@@ -153,6 +153,8 @@ class Restorer:
                     continue
                 with self._lock:
                     self.result.dirs += 1
+                if node.error and take:
+                    self._error(spath, RestoreError(f"restored incomplete: {node.error}"), "restore")
                 if node.subtree and descend:
                     self._walk(node.subtree, spath, dpath, pool, futures)
                 self._dirs.append((dpath, node))
@@ -203,6 +205,8 @@ class Restorer:
                 self.result.files += 1
                 self.result.bytes += node.size
             self.emit(Verbose(action="restored", path=spath, size=node.size))
+            if node.error:  # marked by 'lbk repair snapshots': what remains is restored, and named
+                self._error(spath, RestoreError(f"restored incomplete: {node.error}"), "restore")
         except (OSError, RestoreError) as e:
             self._error(spath, e, "restore")
 

@@ -173,6 +173,21 @@ class Repository:
         self.index_loaded = True
         return idx
 
+    def replace_index(self, packs: dict[str, list[pack_mod.PackEntry]]) -> tuple[str, int]:
+        """Make ``packs`` the whole index: write one index file naming them that supersedes
+        every index file there is, then delete those. Returns (new index name, files removed).
+
+        The caller holds the exclusive lock (no writer adds an index meanwhile). Crash
+        safety: the new index is durable before anything is deleted, and readers ignore
+        superseded files, so a crash at any point leaves either the old index files in
+        force or the new one (plus superseded leftovers that the next prune removes).
+        Prune's final step and ``lbk repair index`` both end here.
+        """
+        old = [f.name for f in self.backend.list(FileKind.INDEX)]
+        name = self.save_file(FileKind.INDEX, index_mod.encode(packs, supersedes=[bytes.fromhex(n) for n in old]))
+        removed = remove_files(self.backend, [Handle(FileKind.INDEX, n) for n in old])
+        return name, removed
+
     def ensure_index(self) -> Index:
         if not self.index_loaded:
             self.load_index()
@@ -335,6 +350,16 @@ class Repository:
             raise IntegrityError(f"{what}: length {len(data)} does not match the index ({loc.raw_length})")
         return data
 
+    def verify_blob(self, pack_id: str, entry: pack_mod.PackEntry, raw: bytes | memoryview) -> bytes:
+        """Open one blob read from a pack (authenticate, decompress) and check that its
+        plaintext hashes to its id; returns the plaintext. Used by everything that reads
+        packs whole: check --read-data, prune's repacking, repair index --read-data."""
+        loc = BlobLocation(pack_id, entry.type, entry.offset, entry.length, entry.raw_length)
+        data = self.decode_blob(loc, entry.id, bytes(raw))
+        if self.master.blob_id(data) != entry.id:
+            raise IntegrityError(f"blob {entry.id.hex()[:16]} in pack {pack_id[:16]}: content does not match its id")
+        return data
+
     def pack_entries(self, pack_id: str) -> list[pack_mod.PackEntry]:
         """Read a pack's own header (for check and index repair)."""
         h = Handle(FileKind.DATA, pack_id)
@@ -354,3 +379,18 @@ class Repository:
         if self._uploader is not None:
             self._uploader.shutdown(wait=True)
         self.backend.close()
+
+
+def remove_files(backend: Backend, handles: list[Handle]) -> int:
+    """Remove files concurrently (a remote backend pays a round trip for each); returns
+    how many were removed (a file already gone counts as removed by someone else)."""
+
+    def remove(h: Handle) -> int:
+        try:
+            backend.remove(h)
+            return 1
+        except NotFound:
+            return 0
+
+    with ThreadPoolExecutor(8, thread_name_prefix="lbk-remove") as pool:
+        return sum(pool.map(remove, handles))
