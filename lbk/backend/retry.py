@@ -9,10 +9,13 @@ Every command's backend is wrapped in it (``open_backend``). It does two things:
   stored size: names are hashes of the content, so a complete file of that name is
   the one we wrote, whose acknowledgement was lost. A remove that finds nothing after
   a failed attempt likewise succeeded the first time.
-- After each save the stored size is compared with what was given (one ``stat``), so
-  a backend that silently stores less (a lying disk, a broken FUSE mount) is caught
-  before anything refers to the file: the short file is removed and the save repeated;
-  if it stays short, the save fails and no index or snapshot will name it.
+- After each save of a new file (packs, indexes, snapshots, keys: named by their
+  content, never rewritten) the stored size is compared with what was given (one
+  ``stat``), so a backend that silently stores less (a lying disk, a broken FUSE mount)
+  is caught before anything refers to the file: the short file is removed and the save
+  repeated; if it stays short, the save fails and no index or snapshot will name it.
+  Files saved with ``overwrite`` (locks, the config) are not checked: another writer
+  may legitimately have replaced them.
 
 Errors that are not transient (no space left, permission denied, unreachable) pass
 through at once: the watch daemon must fall back to its spool without delay. Once an
@@ -97,6 +100,8 @@ class RetryingBackend:
                     raise
                 self._pause(attempt, e, gen)
                 continue
+            if overwrite:
+                return  # locks and config: another writer may have replaced it meanwhile
             size = self._retry(lambda: self.inner.stat(h))
             if size == len(data):
                 return

@@ -69,6 +69,7 @@ class Lock:
         self.name = secrets.token_hex(32)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writing = threading.Lock()  # the refresh thread and ensure() both write it
 
     def _payload(self) -> bytes:
         from lbk.repo.keys import current_user
@@ -85,7 +86,8 @@ class Lock:
         ).encode()
 
     def _write(self) -> None:
-        self.repo.save_sealed(Handle(FileKind.LOCK, self.name), self._payload(), overwrite=True)
+        with self._writing:
+            self.repo.save_sealed(Handle(FileKind.LOCK, self.name), self._payload(), overwrite=True)
 
     def acquire(self) -> "Lock":
         self._check_conflicts()

@@ -209,3 +209,24 @@ def test_abort_ends_retries_in_progress_but_not_later_operations(local):
     b.delays = NO_WAIT
     b.save(h(2), b"y")  # started after the abort: the failure at save 6 is retried
     assert local.load(h(2)) == b"y"
+
+
+def test_a_rewritten_lock_is_never_taken_for_a_short_write(local):
+    """Locks are saved with overwrite; another writer (the refresh thread) may replace one
+    right after our save. Its size differing is no short write: it must not be removed."""
+
+    class Racing:
+        def __init__(self, inner):
+            self.inner = inner
+            self.location = inner.location
+
+        def save(self, h, data, *, overwrite=False):
+            self.inner.save(h, data, overwrite=overwrite)
+            self.inner.save(h, data + b"longer", overwrite=True)  # the other writer
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    b = RetryingBackend(Racing(local), delays=NO_WAIT)
+    b.save(h(1, FileKind.LOCK), b"lock", overwrite=True)
+    assert local.load(h(1, FileKind.LOCK)) == b"locklonger"
