@@ -81,13 +81,21 @@ class Repository:
         key_files = sorted(backend.list(FileKind.KEY), key=lambda f: f.name)
         if not key_files:
             raise FormatError(f"repository {backend.location} has no key files")
+        damaged: list[FormatError] = []  # a damaged key file must not lock out the others
         for fi in key_files:
             raw = backend.load(Handle(FileKind.KEY, fi.name))
-            master = keys.try_open(raw, pw, f"keys/{fi.name}")
+            try:
+                master = keys.try_open(raw, pw, f"keys/{fi.name}")
+            except FormatError as e:
+                damaged.append(e)
+                continue
             if master is not None:
                 break
         else:
-            raise WrongPassword("wrong password or no key found")
+            if len(damaged) == len(key_files):
+                raise damaged[0]
+            note = f" ({len(damaged)} key files unreadable, e.g. {damaged[0].message})" if damaged else ""
+            raise WrongPassword("wrong password or no key found" + note)
         repo = cls(backend, master, None, fi.name)  # type: ignore[arg-type]  # config is read next
         repo.config = Config.decode(repo.load_sealed(Handle(FileKind.CONFIG)))
         return repo
@@ -130,7 +138,10 @@ class Repository:
         out = []
         for fi in self.backend.list(FileKind.KEY):
             raw = self.backend.load(Handle(FileKind.KEY, fi.name))
-            out.append(keys.describe(fi.name, raw, self.master))
+            try:
+                out.append(keys.describe(fi.name, raw, self.master))
+            except FormatError:  # listed, so that it can be removed
+                out.append(keys.KeyInfo(fi.name, "", "(damaged key file)", ""))
         return sorted(out, key=lambda k: k.created)
 
     # -- locks ---------------------------------------------------------------
