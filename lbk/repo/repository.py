@@ -302,7 +302,7 @@ class Repository:
             if cached is not None:
                 return cached
         loc = self.blob_location(blob_id)
-        raw = self.backend.load(Handle(FileKind.DATA, loc.pack), loc.offset, loc.length)
+        raw = self._load_range(loc, blob_id)
         data = self.decode_blob(loc, blob_id, raw)
         if blob_type == pack_mod.TREE:
             with self._lock:
@@ -311,12 +311,30 @@ class Repository:
                     self._tree_cache.popitem(last=False)
         return data
 
+    def _load_range(self, loc: BlobLocation, blob_id: bytes) -> bytes:
+        """A blob's sealed bytes; a missing or truncated pack is damage, named by blob and pack."""
+        h = Handle(FileKind.DATA, loc.pack)
+        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
+        try:
+            return self.backend.load(h, loc.offset, loc.length)
+        except NotFound:
+            raise IntegrityError(f"{what}: the pack is missing") from None
+        except BackendError:
+            size = self.backend.stat(h)
+            if size < loc.offset + loc.length:
+                raise IntegrityError(f"{what}: the pack is shorter ({size} bytes) than the index says") from None
+            raise
+
     def decode_blob(self, loc: BlobLocation, blob_id: bytes, raw: bytes) -> bytes:
         what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
         plain = crypto.open_sealed(self.master.encrypt, raw, pack_mod.blob_ad(loc.type, blob_id), what)
         data = compress.decompress(plain, loc.raw_length, what)
         if len(data) != loc.raw_length:
             raise IntegrityError(f"{what}: length {len(data)} does not match the index ({loc.raw_length})")
+        if self.master.blob_id(data) != blob_id:
+            # the MAC binds the id, so only a holder of the key could seal wrong content under
+            # an id; checking costs one keyed hash and makes a tree cycle impossible
+            raise IntegrityError(f"{what}: content does not match its id")
         return data
 
     def pack_entries(self, pack_id: str) -> list[pack_mod.PackEntry]:
