@@ -38,8 +38,8 @@ def _limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_limited(repo: str, *args: str) -> subprocess.CompletedProcess:
-    return lbk_proc("-r", repo, *args, preexec_fn=_limit, timeout=TIMEOUT)
+def run_limited(repo: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return lbk_proc("-r", repo, *args, preexec_fn=_limit, timeout=TIMEOUT, **kw)
 
 
 def tree_listing(root: str, skip: tuple[str, ...]) -> set[str]:
