@@ -14,7 +14,7 @@ import secrets
 from typing import Iterator
 
 from lbk.backend.base import BackendError, FileInfo, FileKind, Handle, NotFound, check_range
-from lbk.fsutil import fsync_dir
+from lbk.fsutil import fsync_dir, wipe_file
 
 _DIRS = [k for k in FileKind if k is not FileKind.CONFIG]
 
@@ -152,6 +152,16 @@ class LocalBackend:
             raise NotFound(f"{h} not found") from None
         except OSError as e:
             raise BackendError(f"cannot remove {h}: {e.strerror}") from e
+
+    def wipe(self, h: Handle) -> None:
+        """Remove a file after overwriting its bytes in place (an extra beyond the Backend
+        protocol, used by ``Repository.remove_wiped`` for key files)."""
+        try:
+            wipe_file(self._path(h))
+        except FileNotFoundError:
+            raise NotFound(f"{h} not found") from None
+        except OSError as e:
+            raise BackendError(f"cannot wipe {h}: {e.strerror}") from e
 
     def sweep_temporary(self) -> int:
         """Remove leftover ``.tmp-*`` files of interrupted writes; returns the count."""

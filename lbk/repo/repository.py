@@ -9,6 +9,7 @@ that makes a crash harmless: packs, then indexes, then the snapshot.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,19 @@ class Repository:
         name, raw = keys.make_key_file(self.master, password)
         self.backend.save(Handle(FileKind.KEY, name), raw)
         return name
+
+    def remove_wiped(self, h: Handle) -> None:
+        """Remove a file so that its bytes do not linger (key files: an old key file and its
+        old password would open the repository). A backend that can overwrite in place
+        does (``wipe``: the local disk); on the others the object is first replaced by
+        random bytes of its length, then removed. Limits: docs/FORMAT.md "Removing a key"."""
+        wipe = getattr(self.backend, "wipe", None)
+        if wipe is not None:
+            wipe(h)
+            return
+        size = self.backend.stat(h)
+        self.backend.save(h, os.urandom(size), overwrite=True)
+        self.backend.remove(h)
 
     def list_keys(self) -> list[keys.KeyInfo]:
         out = []
