@@ -89,5 +89,6 @@ def assert_clean_failure(res: subprocess.CompletedProcess, command: str, code: i
         ln.startswith(("error: ", "warning: ")) for ln in lines
     )
     assert one_line or goes_on, err
+    assert not re.search(r"\b(\w+ [0-9a-f]{8,}): \1", err), f"object named twice: {err}"
     if names:
         assert re.search(names, err), f"{names!r} not named in: {err}"
