@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from lbk.backend.base import FileKind, Handle
 from lbk.backend.local import LocalBackend
 from lbk.repo import compress, crypto, index as index_mod, pack as pack_mod
-from lbk.repo.pack import DATA, TREE
+from lbk.repo.pack import TREE
 from lbk.repo.repository import Repository
 from tests.helpers import PASSWORD
 
@@ -245,6 +245,3 @@ def pack_path(repo_path: str, pack: str) -> str:
 def blob_loc(repo: Repository, blob_id: bytes):
     repo.index_loaded = False
     return repo.blob_location(blob_id)
-
-
-__all__ = [n for n in dir() if not n.startswith("_")] + ["DATA", "TREE"]
