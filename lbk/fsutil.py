@@ -1,4 +1,4 @@
-"""Durable local writes, shared by the local backend, the cache and the spool."""
+"""Durable local writes (and wiping removals), shared by the local backend, the cache and the spool."""
 
 from __future__ import annotations
 
@@ -35,3 +35,21 @@ def write_atomic(path: str, data: bytes, *, durable: bool = True, sync_dir: bool
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(os.path.dirname(path) or ".")
+
+
+def wipe_file(path: str) -> None:
+    """Overwrite a file's bytes in place (same inode) with random bytes, fsync, unlink it
+    and fsync its directory, so what it held (a sealed master key) does not linger in the
+    blocks the file system frees. No help where the file system or the device keeps old
+    blocks elsewhere (copy-on-write, data journaling, snapshots, SSD wear levelling)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        done = 0
+        while done < size:
+            done += os.pwrite(fd, os.urandom(min(size - done, 1 << 20)), done)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    fsync_dir(os.path.dirname(path) or ".")

@@ -13,7 +13,7 @@ import base64
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from lbk.errors import FormatError
 
@@ -26,6 +26,12 @@ FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = (
 NODE_TYPES = {FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET}
 KINDS = ("backup", "live", "checkpoint", "pre-rollback", "image")
 MAX_NODES = 10_000_000
+# summary keys that docs/FORMAT.md defines as numbers (backups and images)
+SUMMARY_NUMBERS = ("files_new", "files_changed", "files_unchanged", "dirs", "total_files", "total_bytes",
+                   "bytes_read", "data_added", "data_added_stored", "errors", "duration", "image_size",
+                   "sector_size", "data_bytes", "zero_bytes", "chunks", "stored_bytes")
+_EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
+_LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 
 
 @dataclass(slots=True)
@@ -93,7 +99,7 @@ class Node:
         if size < 0:
             raise FormatError(f"tree node {name!r} has a negative size")
         sub = d.get("subtree")
-        return cls(
+        return _plausible(cls(
             name=name,
             type=t,
             mode=int(d.get("mode", 0)) & 0o7777,
@@ -113,7 +119,25 @@ class Node:
             target=os.fsencode(d.get("target", "")),
             xattrs=[(base64.b64decode(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())],
             error=str(d.get("error", "")),
-        )
+        ))
+
+
+_U32, _I64, _U64 = (0, 2**32 - 1), (-(2**63), 2**63 - 1), (0, 2**64 - 1)
+_RANGES = {"uid": _U32, "gid": _U32, "mtime_ns": _I64, "ctime_ns": _I64, "size": (0, 2**63 - 1),
+           "inode": _U64, "dev": _U64, "nlink": _U64, "rdev": _U64}
+
+
+def _plausible(n: Node) -> Node:
+    """Refuse what no file system holds: numbers that overflow the system calls of a
+    restore, NUL bytes (which no path, user name or xattr name can contain), bad ids."""
+    for f, (lo, hi) in _RANGES.items():
+        if not lo <= getattr(n, f) <= hi:
+            raise FormatError(f"tree node {n.name!r} has an implausible {f}")
+    if b"\0" in n.target or "\0" in n.user + n.group or any(not k or b"\0" in k for k, _ in n.xattrs):
+        raise FormatError(f"tree node {n.name!r} has a NUL byte in its link target, owner or an xattr name")
+    if any(len(c) != 32 for c in n.content) or (n.subtree is not None and len(n.subtree) != 32):
+        raise FormatError(f"tree node {n.name!r} has an invalid blob id")
+    return n
 
 
 def valid_name(name: bytes) -> bool:
@@ -138,7 +162,9 @@ def decode_tree(data: bytes, what: str = "tree") -> list[Node]:
         nodes = [Node.from_dict(d) for d in raw_nodes]
     except FormatError as e:
         raise FormatError(f"{what}: {e.message}" if not e.message.startswith(what) else e.message) from None
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
+    except RecursionError:  # JSON nested absurdly deep, or this tree is deep below the root
+        raise FormatError(f"{what}: nested too deeply (in its JSON or in the directories above it)") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         raise FormatError(f"{what}: malformed tree") from None
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
@@ -190,6 +216,13 @@ class Snapshot:
             t = datetime.fromisoformat(doc["time"])
             if t.tzinfo is None:
                 raise FormatError(f"{what}: time without offset")
+            if not _EARLIEST <= t <= _LATEST:  # any time zone can still show it
+                raise FormatError(f"{what}: implausible time {doc['time']!r}")
+            if not isinstance(doc["paths"], list) or not isinstance(doc.get("tags", []), list):
+                raise FormatError(f"{what}: malformed snapshot (paths and tags must be lists)")
+            summary = dict(doc.get("summary", {}))
+            if any(k in summary and (type(summary[k]) not in (int, float)) for k in SUMMARY_NUMBERS):
+                raise FormatError(f"{what}: malformed snapshot summary")
             return cls(
                 time=t,
                 tree=bytes.fromhex(doc["tree"]),
@@ -202,7 +235,7 @@ class Snapshot:
                 name=str(doc.get("name", "")),
                 tags=[str(t) for t in doc.get("tags", [])],
                 parent=str(doc.get("parent", "")),
-                summary=dict(doc.get("summary", {})),
+                summary=summary,
                 id=snap_id,
             )
         except FormatError:

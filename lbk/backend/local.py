@@ -14,7 +14,7 @@ import secrets
 from typing import Iterator
 
 from lbk.backend.base import AlreadyExists, BackendError, FileInfo, FileKind, Handle, NotFound, TransientError, check_range
-from lbk.fsutil import fsync_dir
+from lbk.fsutil import fsync_dir, wipe_file
 
 _DIRS = [k for k in FileKind if k is not FileKind.CONFIG]
 # errors of network and removable file systems that a repeated call may not meet again
@@ -161,6 +161,16 @@ class LocalBackend:
             raise NotFound(f"{h} not found") from None
         except OSError as e:
             raise _os_error(f"cannot remove {h}", e) from e
+
+    def wipe(self, h: Handle) -> None:
+        """Remove a file after overwriting its bytes in place (an extra beyond the Backend
+        protocol, used by ``Repository.remove_wiped`` for key files)."""
+        try:
+            wipe_file(self._path(h))
+        except FileNotFoundError:
+            raise NotFound(f"{h} not found") from None
+        except OSError as e:
+            raise BackendError(f"cannot wipe {h}: {e.strerror}") from e
 
     def sweep_temporary(self) -> int:
         """Remove leftover ``.tmp-*`` files of interrupted writes; returns the count."""

@@ -33,7 +33,9 @@ def check_cmd(read_data, read_data_subset) -> int:
         s.out.line({"message_type": "error", **p.to_json()})
         if not s.json:
             where = f" (snapshot {p.snapshot}{', ' + p.path if p.path else ''})" if p.snapshot else (f" ({p.path})" if p.path else "")
-            s.out.warn(f"{p.kind} {p.object[:16]}: {p.message}{where}")
+            named = p.message.startswith((f"{p.kind} {p.object[:8]}", f"{p.kind}/{p.object[:8]}"))
+            head = "" if named else f"{p.kind} {p.object[:16]}: "
+            s.out.warn(f"{head}{p.message}{where}")
     summary = {
         "message_type": "summary", "ok": res.ok, "snapshots": res.snapshots, "trees": res.trees,
         "packs": res.packs, "blobs": res.blobs, "packs_read": res.packs_read, "bytes_read": res.bytes_read,

@@ -154,8 +154,12 @@ class Settings:
 
 
 def run_password_command(cmd: str) -> bytes:
+    """The password: what ``cmd`` prints on stdout, without the trailing newline. That output
+    is never shown, not even when the command fails (it may hold the password); the
+    command's stderr goes to the user's terminal, as with ssh-askpass or git credential
+    helpers, so its prompts and the reason it failed are seen."""
     try:
-        p = subprocess.run(shlex.split(cmd), capture_output=True, timeout=120)
+        p = subprocess.run(shlex.split(cmd), stdout=subprocess.PIPE, timeout=120)
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
         raise PasswordError(f"password command failed: {e}") from None
     if p.returncode != 0:

@@ -172,6 +172,10 @@ def run(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return ExitCode.FATAL
+    except (RecursionError, MemoryError) as e:  # limits, not bugs: a tree too deep, a machine too small
+        what = "directories nested too deeply to process" if isinstance(e, RecursionError) else "out of memory"
+        Output(_state["json"]).fatal(ExitCode.FATAL, what)
+        return ExitCode.FATAL
     except Exception as e:  # a bug: one line for the user, the traceback on request
         if os.environ.get("LBK_DEBUG"):
             traceback.print_exc()

@@ -35,24 +35,25 @@ def _find_key(repo: Repository, prefix: str) -> str:
 
 
 def remove_key(repo: Repository, prefix: str) -> str:
+    """Remove a key file, wiped (``Repository.remove_wiped``); never the last one or the one in use."""
     name = _find_key(repo, prefix)
+    if len(list(repo.backend.list(FileKind.KEY))) <= 1:
+        raise LbkError("refusing to remove the last key: nothing could open the repository any more")
     if name == repo.key_name:
         raise LbkError("refusing to remove the key in use; open the repository with another password to remove it")
-    if len(list(repo.backend.list(FileKind.KEY))) <= 1:
-        raise LbkError("refusing to remove the last key")
     try:
-        repo.backend.remove(Handle(FileKind.KEY, name))
+        repo.remove_wiped(Handle(FileKind.KEY, name))
     except NotFound:
         raise LbkError(f"key {name[:10]} vanished meanwhile") from None
     return name
 
 
 def change_password(repo: Repository, password: bytes) -> str:
-    """Add a key for the new password, then remove the one in use."""
+    """Add a key for the new password, then remove (wiped) the one in use."""
     new = add_key(repo, password)
     old = repo.key_name
     if old:
-        repo.backend.remove(Handle(FileKind.KEY, old))
+        repo.remove_wiped(Handle(FileKind.KEY, old))
     repo.key_name = new
     return new
 

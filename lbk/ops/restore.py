@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
-from lbk.errors import RestoreError
+from lbk.errors import FormatError, IntegrityError, RestoreError
 from lbk.events import Emit, FileError, Progress, Verbose
 from lbk.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Snapshot, decode_tree
 from lbk.repo.pack import DATA, TREE
@@ -207,7 +207,7 @@ class Restorer:
             self.emit(Verbose(action="restored", path=spath, size=node.size))
             if node.error:  # marked by 'lbk repair snapshots': what remains is restored, and named
                 self._error(spath, RestoreError(f"restored incomplete: {node.error}"), "restore")
-        except (OSError, RestoreError) as e:
+        except (OSError, RestoreError, IntegrityError, FormatError) as e:  # a damaged blob spoils one file
             self._error(spath, e, "restore")
 
     def _skip_existing(self, dpath: bytes, node: Node) -> bool:

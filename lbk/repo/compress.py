@@ -4,7 +4,8 @@
 
 Compression is skipped when it does not save at least 1/32 of the size (already
 compressed media, random data). Decompression is bounded by the size the caller
-expects, so a hostile frame cannot exhaust memory.
+expects (a frame whose header claims more is refused before anything is allocated), so
+a hostile frame cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def decompress(payload: bytes, max_size: int, what: str) -> bytes:
         return payload[1:]
     if flag == ZSTD:
         try:
+            # the library allocates whatever a frame header claims, whatever max_output_size
+            # says: refuse a claim above the bound before decompressing
+            claimed = zstandard.frame_content_size(payload[1:])
+            if claimed > max_size:
+                raise FormatError(f"{what}: compressed data claims {claimed} bytes, more than the {max_size} expected")
             return _decompressor().decompress(payload[1:], max_output_size=max_size)
         except zstandard.ZstdError as e:
             raise FormatError(f"{what}: corrupt compressed data ({e})") from None

@@ -15,12 +15,15 @@ not fingerprint known files. An unknown version is refused.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 
 from lbk.errors import FormatError
 
 VERSION = 1
+MAX_PACK_SIZE = 1 << 30
+_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -66,12 +69,19 @@ class Config:
             comp = doc["compression"]
             if comp.get("alg") != "zstd":
                 raise FormatError(f"config: unknown compression {comp.get('alg')!r}")
-            return cls(
+            cfg = cls(
                 id=str(doc["id"]),
                 chunker=ch,
                 compression_level=int(comp["level"]),
                 pack_size=int(doc["pack_size"]),
             )
+            # the id names the cache directory; the others are handed to zstd, FastCDC and
+            # the pack writer (a huge pack size would hold a whole backup in memory)
+            if not _ID.fullmatch(cfg.id) or not 0 <= ch.seed < 2**64:
+                raise FormatError("config: invalid repository id or chunker seed")
+            if not -(1 << 17) <= cfg.compression_level <= 22 or not 1 <= cfg.pack_size <= MAX_PACK_SIZE:
+                raise FormatError("config: compression level or pack size out of range")
+            return cfg
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise FormatError("config: malformed") from None
 

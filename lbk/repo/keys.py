@@ -84,6 +84,8 @@ def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
         kek = crypto.derive_key(password, salt, int(kdf["ops"]), int(kdf["mem"]))
     except (ValueError, TypeError, OverflowError):
         raise FormatError(f"{what}: malformed key file") from None
+    except (IntegrityError, RuntimeError, MemoryError) as e:  # implausible parameters; memory refused
+        raise FormatError(f"{what}: cannot derive its key ({e or type(e).__name__})") from None
     try:
         return MasterKey.from_bytes(crypto.open_sealed(kek, sealed, b"lbk:key", what))
     except IntegrityError:

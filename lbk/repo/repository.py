@@ -9,6 +9,7 @@ that makes a crash harmless: packs, then indexes, then the snapshot.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -94,9 +95,10 @@ class Repository:
             if master is not None:
                 break
         else:
-            if damaged and len(damaged) == len(key_files):
+            if len(damaged) == len(key_files):
                 raise damaged[0]
-            raise WrongPassword("wrong password or no key found")
+            note = f" ({len(damaged)} key files unreadable, e.g. {damaged[0].message})" if damaged else ""
+            raise WrongPassword("wrong password or no key found" + note)
         repo = cls(backend, master, None, fi.name)  # type: ignore[arg-type]  # config is read next
         repo.config = Config.decode(repo.load_sealed(Handle(FileKind.CONFIG)))
         return repo
@@ -135,11 +137,27 @@ class Repository:
         self.backend.save(Handle(FileKind.KEY, name), raw)
         return name
 
+    def remove_wiped(self, h: Handle) -> None:
+        """Remove a file so that its bytes do not linger (key files: an old key file and its
+        old password would open the repository). A backend that can overwrite in place
+        does (``wipe``: the local disk); on the others the object is first replaced by
+        random bytes of its length, then removed. Limits: docs/FORMAT.md "Removing a key"."""
+        wipe = getattr(self.backend, "wipe", None)
+        if wipe is not None:
+            wipe(h)
+            return
+        size = self.backend.stat(h)
+        self.backend.save(h, os.urandom(size), overwrite=True)
+        self.backend.remove(h)
+
     def list_keys(self) -> list[keys.KeyInfo]:
         out = []
         for fi in self.backend.list(FileKind.KEY):
             raw = self.backend.load(Handle(FileKind.KEY, fi.name))
-            out.append(keys.describe(fi.name, raw, self.master))
+            try:
+                out.append(keys.describe(fi.name, raw, self.master))
+            except FormatError:  # listed, so that it can be removed
+                out.append(keys.KeyInfo(fi.name, "", "(damaged key file)", ""))
         return sorted(out, key=lambda k: k.created)
 
     # -- locks ---------------------------------------------------------------
@@ -333,7 +351,7 @@ class Repository:
             if cached is not None:
                 return cached
         loc = self.blob_location(blob_id)
-        raw = self.backend.load(Handle(FileKind.DATA, loc.pack), loc.offset, loc.length)
+        raw = self._load_range(loc, blob_id)
         data = self.decode_blob(loc, blob_id, raw)
         if blob_type == pack_mod.TREE:
             with self._lock:
@@ -342,23 +360,38 @@ class Repository:
                     self._tree_cache.popitem(last=False)
         return data
 
+    def _load_range(self, loc: BlobLocation, blob_id: bytes) -> bytes:
+        """A blob's sealed bytes; a missing or truncated pack is damage, named by blob and pack."""
+        h = Handle(FileKind.DATA, loc.pack)
+        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
+        try:
+            return self.backend.load(h, loc.offset, loc.length)
+        except NotFound:
+            raise IntegrityError(f"{what}: the pack is missing") from None
+        except BackendError:
+            size = self.backend.stat(h)
+            if size < loc.offset + loc.length:
+                raise IntegrityError(f"{what}: the pack is shorter ({size} bytes) than the index says") from None
+            raise
+
     def decode_blob(self, loc: BlobLocation, blob_id: bytes, raw: bytes) -> bytes:
         what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
         plain = crypto.open_sealed(self.master.encrypt, raw, pack_mod.blob_ad(loc.type, blob_id), what)
         data = compress.decompress(plain, loc.raw_length, what)
         if len(data) != loc.raw_length:
             raise IntegrityError(f"{what}: length {len(data)} does not match the index ({loc.raw_length})")
+        if self.master.blob_id(data) != blob_id:
+            # the MAC binds the id, so only a holder of the key could seal wrong content under
+            # an id; checking costs one keyed hash and makes a tree cycle impossible
+            raise IntegrityError(f"{what}: content does not match its id")
         return data
 
     def verify_blob(self, pack_id: str, entry: pack_mod.PackEntry, raw: bytes | memoryview) -> bytes:
-        """Open one blob read from a pack (authenticate, decompress) and check that its
-        plaintext hashes to its id; returns the plaintext. Used by everything that reads
+        """Open one blob read from a pack at the place its pack header says (authenticate,
+        decompress, check its id); returns the plaintext. Used by everything that reads
         packs whole: check --read-data, prune's repacking, repair index --read-data."""
         loc = BlobLocation(pack_id, entry.type, entry.offset, entry.length, entry.raw_length)
-        data = self.decode_blob(loc, entry.id, bytes(raw))
-        if self.master.blob_id(data) != entry.id:
-            raise IntegrityError(f"blob {entry.id.hex()[:16]} in pack {pack_id[:16]}: content does not match its id")
-        return data
+        return self.decode_blob(loc, entry.id, bytes(raw))
 
     def pack_entries(self, pack_id: str) -> list[pack_mod.PackEntry]:
         """Read a pack's own header (for check and index repair)."""

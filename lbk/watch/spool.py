@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from lbk.backend.base import AlreadyExists, Backend, BackendError, FileInfo, FileKind, Handle, NotFound
 from lbk.cache import private_dir, write_private
-from lbk.fsutil import write_atomic
+from lbk.fsutil import wipe_file, write_atomic
 from lbk.errors import LbkError
 
 _MIRRORED = (FileKind.CONFIG, FileKind.KEY, FileKind.INDEX)
@@ -110,6 +110,17 @@ class SpoolingBackend:
                 out.append(FileInfo(f[len(prefix):], os.stat(os.path.join(self.mirror_dir, f)).st_size))
         return out
 
+    def _forget_mirrored(self, kind: FileKind, present: set[str]) -> None:
+        """Drop the copies of files the repository no longer has: a key removed by ``lbk key
+        remove`` or ``passwd`` must not go on opening the repository offline (wiped, as there)."""
+        prefix = kind.value + "."
+        for f in os.listdir(self.mirror_dir):
+            if f.startswith(prefix) and ".tmp-" not in f and f[len(prefix):] not in present:
+                try:
+                    wipe_file(os.path.join(self.mirror_dir, f))
+                except OSError:
+                    pass
+
     # -- Backend protocol -----------------------------------------------------------
     def create(self) -> None:
         self.inner.create()
@@ -180,6 +191,8 @@ class SpoolingBackend:
         spooled = [FileInfo(sh.name, os.stat(p).st_size) for _, sh, p in self.spooled() if sh.kind is kind]
         try:
             items = list(self.inner.list(kind))
+            if kind in _MIRRORED:
+                self._forget_mirrored(kind, {i.name for i in items})
         except BackendError:
             if kind not in _MIRRORED:
                 raise
