@@ -11,7 +11,8 @@ Rules (N counts from 1; ``N+`` means "the N-th and every later one"):
     kill@N            SIGKILL this process right after its N-th backend write
                       (a save or a remove) returned
     kill:POINT@N      SIGKILL at the N-th pass through the fault point POINT
-                      (``rollback-fs``: one change to the file system by rollback)
+                      (``rollback-fs``: one change to the file system by rollback;
+                      ``wipe``: a key file overwritten, not yet unlinked)
     enospc@N[+]       the N-th save fails: no space left on device (nothing stored)
     eio@N[+]          the N-th save fails with an I/O error (transient: it is retried)
     eio-read@N[+]     the same for the N-th load

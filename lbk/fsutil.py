@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from lbk import faults
+
 
 def fsync_dir(d: str) -> None:
     """Make a rename or unlink in directory ``d`` durable."""
@@ -51,5 +53,6 @@ def wipe_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    faults.point("wipe")  # tests kill between the overwrite and the unlink (lbk/faults.py)
     os.unlink(path)
     fsync_dir(os.path.dirname(path) or ".")

@@ -59,5 +59,13 @@ class FaultyBackend:
     def close(self) -> None:
         self.inner.close()
 
-    def __getattr__(self, name):  # backend-specific extras (root, sweep_temporary)
-        return getattr(self.inner, name)
+    def __getattr__(self, name):  # backend-specific extras (root, sweep_temporary, wipe)
+        extra = getattr(self.inner, name)
+        if name != "wipe":
+            return extra
+
+        def wipe(h: Handle) -> None:  # a write too: counted and traced like a remove
+            extra(h)
+            self._wrote(f"wipe {h}")
+
+        return wipe

@@ -85,19 +85,20 @@ def test_key_passwd_killed_after_each_write_never_locks_the_user_out(tmp_path):
 
     writes = traced_writes(tmp_path, "-r", copy_repo(pristine, tmp_path, "trace"), "key", "passwd",
                            "--new-password-file", tmp_path / "new")
-    assert writes[0].startswith("save keys/") and writes[-1].startswith("remove keys/")
-    for n in range(1, len(writes) + 1):
-        root = copy_repo(pristine, tmp_path, f"passwd-{n}")
-        p = faulty("-r", root, "key", "passwd", "--new-password-file", tmp_path / "new", spec=f"kill@{n}")
-        assert p.returncode == KILLED, (n, p.stderr)
+    assert writes[0].startswith("save keys/") and writes[-1].startswith("wipe keys/")
+    # after each write, and between the old key's overwrite and its unlink
+    for spec in [f"kill@{n}" for n in range(1, len(writes) + 1)] + ["kill:wipe@1"]:
+        root = copy_repo(pristine, tmp_path, f"passwd-{spec}")
+        p = faulty("-r", root, "key", "passwd", "--new-password-file", tmp_path / "new", spec=spec)
+        assert p.returncode == KILLED, (spec, p.stderr)
         old_ok, new_ok = opens(root, PASSWORD), opens(root, "the new password")
-        assert new_ok, n  # the new key is written first, so the new password always works
-        assert old_ok == (n < len(writes)), n  # the old one until its key is removed
+        assert new_ok, spec  # the new key is written first, so the new password always works
+        assert old_ok == (spec == "kill@1"), spec  # the old one until its key is wiped
         working = PASSWORD if old_ok else "the new password"
         assert lbk_proc("-r", root, "check", env={"LBK_PASSWORD": working}).returncode == 0
         again = lbk_proc("-r", root, "key", "passwd", "--new-password-file", tmp_path / "newer",
                          env={"LBK_PASSWORD": working})
-        assert again.returncode == 0, (n, again.stderr)
+        assert again.returncode == 0, (spec, again.stderr)
         assert opens(root, "an even newer password") and not opens(root, working)
 
 
