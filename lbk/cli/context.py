@@ -68,6 +68,7 @@ class Settings:
     limit_upload: int | None = None
     limit_download: int | None = None
     _password: bytes | None = field(default=None, repr=False)
+    from_command_line: set[str] = field(default_factory=set, repr=False)  # attrs given as options
 
     @property
     def out(self) -> Output:
