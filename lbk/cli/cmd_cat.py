@@ -9,14 +9,19 @@ import click
 
 from lbk.backend.base import FileKind, Handle
 from lbk.cli.main import command, settings
+from lbk.cli.params import complete_refs
 from lbk.errors import LbkError
 from lbk.ops.listing import find_snapshot
 from lbk.repo.pack import DATA, TREE
 
 
+def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str):
+    return complete_refs(ctx, incomplete) if ctx.params.get("kind") == "snapshot" else []
+
+
 @command("cat")
 @click.argument("kind", type=click.Choice(["config", "snapshot", "tree", "blob", "index", "key"]))
-@click.argument("object_id", required=False)
+@click.argument("object_id", required=False, shell_complete=_complete_id)
 def cat_cmd(kind, object_id) -> None:
     """Print the decrypted content of an object: config, snapshot REF, tree ID, blob ID, index ID, key ID.
 

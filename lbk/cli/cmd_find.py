@@ -10,14 +10,14 @@ from lbk.catalog import open_catalog
 from lbk.cli.cmd_log import document_events
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time
-from lbk.cli.params import snapshot_filter, with_filters
+from lbk.cli.params import REF, snapshot_filter, with_filters
 from lbk.ops.find import find
 
 
 @command("find")
 @click.argument("pattern")
-@click.option("--since", metavar="REF", help="Only snapshots from REF on.")
-@click.option("--until", metavar="REF", help="Only snapshots up to REF.")
+@click.option("--since", metavar="REF", type=REF, help="Only snapshots from REF on.")
+@click.option("--until", metavar="REF", type=REF, help="Only snapshots up to REF.")
 @click.option("--ignore-case", "-i", is_flag=True, help="Match without regard to case.")
 @with_filters
 def find_cmd(pattern, since, until, ignore_case, host, tags, path) -> None:

@@ -8,7 +8,7 @@ import click
 
 from lbk.cli.main import CONTEXT_SETTINGS, cli, global_options, settings
 from lbk.cli.output import fmt_time, human_size
-from lbk.cli.params import PATH_BYTES
+from lbk.cli.params import IMAGE_REF, PATH_BYTES
 from lbk.errors import ExitCode
 from lbk.ops.image import ImageOptions, create_image, find_image, image_info, image_json, list_images
 from lbk.ops.image_restore import restore_image, verify_image
@@ -108,7 +108,7 @@ def image_list(name) -> None:
 
 
 @image_group.command("info", context_settings=CONTEXT_SETTINGS)
-@click.argument("ref")
+@click.argument("ref", type=IMAGE_REF)
 @_name_filter
 @global_options
 def image_info_cmd(ref, name) -> None:
@@ -143,7 +143,7 @@ def image_info_cmd(ref, name) -> None:
 
 
 @image_group.command("restore", context_settings=CONTEXT_SETTINGS)
-@click.argument("ref")
+@click.argument("ref", type=IMAGE_REF)
 @click.argument("target", type=PATH_BYTES)
 @click.option("--yes", is_flag=True, help="Overwrite a block device or a non-empty file.")
 @click.option("--no-verify", is_flag=True, help="Do not re-read and check what was written.")
@@ -177,7 +177,7 @@ def image_restore(ref, target, yes, no_verify, name) -> None:
 
 
 @image_group.command("verify", context_settings=CONTEXT_SETTINGS)
-@click.argument("ref")
+@click.argument("ref", type=IMAGE_REF)
 @click.argument("target", type=PATH_BYTES)
 @_name_filter
 @global_options

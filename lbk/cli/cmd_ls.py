@@ -9,7 +9,7 @@ from datetime import datetime
 import click
 
 from lbk.cli.main import command, settings
-from lbk.cli.params import PATH_BYTES, snapshot_filter
+from lbk.cli.params import PATH_BYTES, REF, snapshot_filter
 from lbk.model import DIR, SYMLINK
 from lbk.ops.listing import find_snapshot, walk_snapshot
 
@@ -17,7 +17,7 @@ _TYPE_CHAR = {"dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev
 
 
 @command("ls")
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.argument("path", required=False, type=PATH_BYTES)
 @click.option("--long", "-l", "long_", is_flag=True, help="Show mode, owner, size and mtime.")
 @click.option("--recursive", "-R", is_flag=True, help="List everything beneath PATH.")

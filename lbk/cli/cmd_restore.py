@@ -8,14 +8,14 @@ import click
 
 from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
-from lbk.cli.params import PATH_BYTES, snapshot_filter
+from lbk.cli.params import PATH_BYTES, REF, snapshot_filter
 from lbk.errors import ExitCode
 from lbk.ops.listing import find_snapshot
 from lbk.ops.restore import OVERWRITE_MODES, RestoreOptions, restore
 
 
 @command("restore")
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.argument("paths", nargs=-1, type=PATH_BYTES)
 @click.option("--target", "-t", required=True, type=PATH_BYTES, metavar="DIR", help="Directory to restore into.")
 @click.option("--include", "includes", multiple=True, metavar="PAT", help="Restore only matching files.")

@@ -6,13 +6,13 @@ import click
 
 from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
-from lbk.cli.params import snapshot_filter, with_filters
+from lbk.cli.params import REF, snapshot_filter, with_filters
 from lbk.ops.listing import find_snapshot, list_snapshots
 from lbk.ops.stats import stats
 
 
 @command("stats")
-@click.argument("ref", required=False)
+@click.argument("ref", required=False, type=REF)
 @with_filters
 def stats_cmd(ref, host, tags, path) -> None:
     """Show stored bytes, original bytes, and deduplication and compression ratios.
