@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def main() -> None:
         xs.append(time.perf_counter() - t)
     print(f"{'complete_refs() alone':<22} min {1000 * min(xs):7.1f} ms  median {1000 * statistics.median(xs):7.1f} ms"
           f"   ({len(items)} candidates)")
-    print(f"(work dir {work}; delete it when done)")
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
 from lbk.cli.params import REF, complete_refs, snapshot_filter
 from lbk.errors import UsageError
-from lbk.model import DIR
-from lbk.ops.diff import content_diff, diff, split_args
 
 
 def _complete_args(ctx: click.Context, param: click.Parameter, incomplete: str):
@@ -48,6 +46,9 @@ def diff_cmd(args, content, at, against, excludes, host, tags) -> None:
       lbk diff 1a2b3c4d latest ~/Documents  # two snapshots, one directory
       lbk diff --content ~/notes.txt --at yesterday
     """
+    from lbk.model import DIR
+    from lbk.ops.diff import content_diff, diff, split_args
+
     s = settings()
     flt = snapshot_filter(host, tags, None)
     repo = s.open_repo()

@@ -6,12 +6,10 @@ import os
 
 import click
 
-from lbk.catalog import open_catalog
 from lbk.cli.cmd_log import document_events
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time
 from lbk.cli.params import REF, snapshot_filter, with_filters
-from lbk.ops.find import find
 
 
 @command("find")
@@ -32,6 +30,9 @@ def find_cmd(pattern, since, until, ignore_case, host, tags, path) -> None:
       lbk find 'report*.odt'
       lbk find '/home/ann/Documents/*.txt' --since '1w ago'
     """
+    from lbk.catalog import open_catalog
+    from lbk.ops.find import find
+
     s = settings()
     repo = s.open_repo()
     catalog = open_catalog(s.cache(repo))

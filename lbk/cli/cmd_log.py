@@ -6,13 +6,11 @@ import os
 
 import click
 
-from lbk.catalog import open_catalog
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time, human_size
 from lbk.cli.params import PATH_BYTES, REF, snapshot_filter
 from lbk.cli.output import Output
 from lbk.events import Event, FileError, Progress
-from lbk.ops.log import DELETED, log
 
 
 def document_events(out: Output):
@@ -49,6 +47,9 @@ def log_cmd(path, since, until, deleted, host, tags) -> None:
       lbk log ~/Documents --since '3d ago'
       lbk log ~/Documents --deleted --json | jq -r '.[].path'
     """
+    from lbk.catalog import open_catalog
+    from lbk.ops.log import DELETED, log
+
     s = settings()
     repo = s.open_repo()
     catalog = open_catalog(s.cache(repo))

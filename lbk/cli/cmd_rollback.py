@@ -12,9 +12,6 @@ from lbk.cli.output import fmt_time, human_size
 from lbk.cli.params import PATH_BYTES, REF
 from lbk.errors import ExitCode
 from lbk.events import FileError, Warning_
-from lbk.ops.listing import find_snapshot
-from lbk.ops.refs import Filter
-from lbk.ops.rollback import ConfirmationRequired, RollbackOptions, normalize_path, plan_rollback, rollback
 
 
 def _show_plan(out, plan, verb: str) -> None:
@@ -55,6 +52,10 @@ def rollback_cmd(path, ref, dry_run, yes, excludes, host) -> int:
       lbk rollback ~/project --to @before-upgrade --dry-run
       lbk rollback ~/project/notes.txt --to '2h ago' --yes
     """
+    from lbk.ops.listing import find_snapshot
+    from lbk.ops.refs import Filter
+    from lbk.ops.rollback import ConfirmationRequired, RollbackOptions, normalize_path, plan_rollback, rollback
+
     s = settings()
     if not (dry_run or yes) and (s.json or not sys.stdin.isatty()):
         raise ConfirmationRequired()  # scripts (no terminal, or --json) must say --yes

@@ -7,8 +7,6 @@ import click
 from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
 from lbk.cli.params import REF, snapshot_filter, with_filters
-from lbk.ops.listing import find_snapshot, list_snapshots
-from lbk.ops.stats import stats
 
 
 @command("stats")
@@ -23,6 +21,9 @@ def stats_cmd(ref, host, tags, path) -> None:
     Example:
       lbk stats latest --json | jq .dedup_ratio
     """
+    from lbk.ops.listing import find_snapshot, list_snapshots
+    from lbk.ops.stats import stats
+
     s = settings()
     repo = s.open_repo()
     flt = snapshot_filter(host, tags, path)

@@ -87,7 +87,9 @@ def global_options(f):
 
 class LazyGroup(click.Group):
     """Imports a command's module (``lbk/cli/cmd_<name>.py``) only when it is invoked,
-    so ``lbk status`` does not pay for the imports of every other command."""
+    so ``lbk status`` does not pay for the imports of every other command. (Commands
+    that take a REF go further and import their ops inside the command function, so
+    that completing a REF at the shell stays fast: see lbk/cli/params.py.)"""
 
     def get_command(self, ctx, name):
         if name not in self.commands and re.fullmatch(r"[a-z]+", name or ""):

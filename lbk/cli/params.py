@@ -1,14 +1,21 @@
 """Shared click parameter types and helpers: REF (with shell completion from the
-local cache), path bytes, the snapshot filter options."""
+local cache), path bytes, the snapshot filter options.
+
+Completing a REF imports the command's module (click needs its parameters) but must
+not import the repository's modules, which cost more than the completion itself: this
+module imports no ops, and the commands that take a REF import theirs when they run
+(tests/cli/test_completion_refs.py checks)."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 from click.shell_completion import CompletionItem
 
-from lbk.ops.refs import Filter
+if TYPE_CHECKING:
+    from lbk.ops.refs import Filter
 
 
 def complete_refs(ctx: click.Context, incomplete: str, kind: str | None = None) -> list[CompletionItem]:
@@ -66,7 +73,9 @@ class PathBytes(click.ParamType):
 PATH_BYTES = PathBytes()
 
 
-def snapshot_filter(host: str | None, tags: tuple[str, ...], path: str | None, kind: str | None = None) -> Filter:
+def snapshot_filter(host: str | None, tags: tuple[str, ...], path: str | None, kind: str | None = None) -> "Filter":
+    from lbk.ops.refs import Filter
+
     tag_list: list[str] = []
     for t in tags:
         tag_list += [x for x in t.split(",") if x]

@@ -345,3 +345,28 @@ def test_sftp_repository_completes_while_the_server_is_down(sshd_factory, tmp_pa
     server.stop()
     got, r = bash_complete(f"lbk -r {url} restore @", child_env(HOME=str(home.path)))
     assert (got, r.returncode, r.stderr) == (["@remote"], 0, "")
+
+
+# -- it stays cheap -------------------------------------------------------------------------------
+
+HEAVY = ("lbk.repo.repository", "lbk.catalog", "nacl", "zstandard", "blake3", "sqlite3", "asyncssh")
+
+
+@pytest.mark.parametrize("module", ["cmd_restore", "cmd_ls", "cmd_diff", "cmd_cat", "cmd_rollback", "cmd_stats",
+                                    "cmd_log", "cmd_find", "cmd_image"])
+def test_completing_a_ref_loads_none_of_the_repository_modules(module):
+    """Completion imports the command's module for its parameters; the crypto, the
+    compression and the repository are for running it (they double the time of a
+    completion: bench/completion_bench.py)."""
+    code = (f"import sys, lbk.cli.main, lbk.cli.{module}, lbk.refcache; "
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
+
+
+def test_restore_offers_the_overwrite_modes_of_the_op():
+    from lbk.cli.cmd_restore import OVERWRITE_MODES
+    from lbk.ops.restore import OVERWRITE_MODES as OP_MODES
+
+    assert OVERWRITE_MODES == OP_MODES
