@@ -18,7 +18,8 @@ stale or missing list makes completion offer old ids or nothing, never a wrong
 result from a command. It holds nothing the catalog beside it does not (ids, times,
 kinds, checkpoint names), in the same 0700 directory, 0600 files.
 
-This module is imported on every completion: it uses only the standard library.
+This module is imported on every completion: besides the standard library it needs only
+lbk.cache and lbk.fsutil, never the repository's modules.
 """
 
 from __future__ import annotations
