@@ -12,6 +12,9 @@ mtime_ns, ctime_ns, inode, content ids joined)``, ``dirs`` maps a directory path
 ``(signature, tree id)`` where the signature is a BLAKE3 over the lstat of every entry
 kept (and the subtree ids). Entries are trusted only while the ids they name are in the
 repository index. Written atomically.
+
+Beside it: ``catalog.sqlite`` (lbk/catalog.py) and ``snapshots``, with
+``<cache>/locations/`` (lbk/refcache.py, for shell completion).
 """
 
 from __future__ import annotations

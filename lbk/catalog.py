@@ -51,7 +51,7 @@ from lbk.events import Emit, Progress, discard
 from lbk.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Snapshot
 from lbk.ops.restore import tree_nodes
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import load_snapshot
+from lbk.repo.snapshots import listed, load_snapshot
 
 CATALOG_VERSION = 1
 FILE_NAME = "catalog.sqlite"
@@ -244,8 +244,11 @@ class Catalog:
     # -- keeping up with the repository ----------------------------------------------
     @_guarded
     def update(self, repo: Repository, emit: Emit = discard) -> UpdateResult:
-        """Index snapshots that are new in the repository; drop those that are gone."""
-        return self._update(repo, emit)
+        """Index snapshots that are new in the repository; drop those that are gone.
+        Then the catalog holds every snapshot: it tells the repository's observer."""
+        res = self._update(repo, emit)
+        listed(repo, self.snapshots())
+        return res
 
     def _update(self, repo: Repository, emit: Emit) -> UpdateResult:
         res = UpdateResult(rebuilt=self.rebuilt)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from lbk.backend.base import FileKind, Handle
 from lbk.cli.main import command, settings
+from lbk.cli.params import complete_refs
 from lbk.errors import LbkError
-from lbk.ops.listing import find_snapshot
-from lbk.repo.pack import DATA, TREE
+
+if TYPE_CHECKING:
+    from lbk.backend.base import FileKind, Handle
+
+
+def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str):
+    return complete_refs(ctx, incomplete) if ctx.params.get("kind") == "snapshot" else []
 
 
 @command("cat")
 @click.argument("kind", type=click.Choice(["config", "snapshot", "tree", "blob", "index", "key"]))
-@click.argument("object_id", required=False)
+@click.argument("object_id", required=False, shell_complete=_complete_id)
 def cat_cmd(kind, object_id) -> None:
     """Print the decrypted content of an object: config, snapshot REF, tree ID, blob ID, index ID, key ID.
 
@@ -25,6 +31,10 @@ def cat_cmd(kind, object_id) -> None:
       lbk cat snapshot latest | jq .tree
       lbk cat tree $(lbk cat snapshot latest | jq -r .tree)
     """
+    from lbk.backend.base import FileKind, Handle
+    from lbk.ops.listing import find_snapshot
+    from lbk.repo.pack import DATA, TREE
+
     s = settings()
     repo = s.open_repo()
     if kind != "config" and not object_id:
@@ -58,6 +68,8 @@ def cat_cmd(kind, object_id) -> None:
 
 
 def _handle(repo, kind: FileKind, prefix: str) -> Handle:
+    from lbk.backend.base import Handle
+
     names = [f.name for f in repo.backend.list(kind) if f.name.startswith(prefix)]
     if len(names) != 1:
         raise LbkError(f"{'no' if not names else 'ambiguous'} {kind.value} id {prefix!r}")

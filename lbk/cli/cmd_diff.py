@@ -5,21 +5,29 @@ from __future__ import annotations
 import os
 
 import click
+from click.shell_completion import CompletionItem
 
 from lbk.cli.cmd_log import document_events
 from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
-from lbk.cli.params import snapshot_filter
+from lbk.cli.params import REF, complete_refs, snapshot_filter
 from lbk.errors import UsageError
-from lbk.model import DIR
-from lbk.ops.diff import content_diff, diff, split_args
+
+
+def _complete_args(ctx: click.Context, param: click.Parameter, incomplete: str):
+    """REF, then REF2 or PATH (a path once it starts like one), then PATH."""
+    given = len(ctx.params.get("args") or ())
+    if given == 0:
+        return complete_refs(ctx, incomplete)
+    refs = complete_refs(ctx, incomplete) if given == 1 and not incomplete.startswith(("/", ".", "~")) else []
+    return refs or [CompletionItem(incomplete, type="file")]
 
 
 @command("diff")
-@click.argument("args", nargs=-1, metavar="REF [REF2] [PATH]")
+@click.argument("args", nargs=-1, metavar="REF [REF2] [PATH]", shell_complete=_complete_args)
 @click.option("--content", "content", metavar="PATH", help="Show a unified diff of the file PATH (needs --at).")
-@click.option("--at", metavar="REF", help="The older side (same as the first REF).")
-@click.option("--against", metavar="REF2", help="The newer side (default: the file system).")
+@click.option("--at", metavar="REF", type=REF, help="The older side (same as the first REF).")
+@click.option("--against", metavar="REF2", type=REF, help="The newer side (default: the file system).")
 @click.option("--exclude", "excludes", multiple=True, metavar="PAT", help="Leave matching paths out (repeatable).")
 @click.option("--host", metavar="HOST", help="With latest or a time: only snapshots of this host.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG",
@@ -38,6 +46,9 @@ def diff_cmd(args, content, at, against, excludes, host, tags) -> None:
       lbk diff 1a2b3c4d latest ~/Documents  # two snapshots, one directory
       lbk diff --content ~/notes.txt --at yesterday
     """
+    from lbk.model import DIR
+    from lbk.ops.diff import content_diff, diff, split_args
+
     s = settings()
     flt = snapshot_filter(host, tags, None)
     repo = s.open_repo()

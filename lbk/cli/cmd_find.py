@@ -6,18 +6,16 @@ import os
 
 import click
 
-from lbk.catalog import open_catalog
 from lbk.cli.cmd_log import document_events
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time
-from lbk.cli.params import snapshot_filter, with_filters
-from lbk.ops.find import find
+from lbk.cli.params import REF, snapshot_filter, with_filters
 
 
 @command("find")
 @click.argument("pattern")
-@click.option("--since", metavar="REF", help="Only snapshots from REF on.")
-@click.option("--until", metavar="REF", help="Only snapshots up to REF.")
+@click.option("--since", metavar="REF", type=REF, help="Only snapshots from REF on.")
+@click.option("--until", metavar="REF", type=REF, help="Only snapshots up to REF.")
 @click.option("--ignore-case", "-i", is_flag=True, help="Match without regard to case.")
 @with_filters
 def find_cmd(pattern, since, until, ignore_case, host, tags, path) -> None:
@@ -32,6 +30,9 @@ def find_cmd(pattern, since, until, ignore_case, host, tags, path) -> None:
       lbk find 'report*.odt'
       lbk find '/home/ann/Documents/*.txt' --since '1w ago'
     """
+    from lbk.catalog import open_catalog
+    from lbk.ops.find import find
+
     s = settings()
     repo = s.open_repo()
     catalog = open_catalog(s.cache(repo))

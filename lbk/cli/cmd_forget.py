@@ -9,7 +9,7 @@ import click
 from lbk.cli.cmd_prune import max_unused_option, show_prune
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time
-from lbk.cli.params import snapshot_filter, with_filters
+from lbk.cli.params import REF, snapshot_filter, with_filters
 from lbk.errors import UsageError
 from lbk.ops.listing import snapshot_json
 from lbk.ops.policy import Decision, Duration, Policy, forget, parse_duration
@@ -39,7 +39,7 @@ def _table(out, title: str, decisions) -> None:
 
 
 @command("forget")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=REF)
 @click.option("--keep-last", "last", type=COUNT, default=0, metavar="N", help="Keep the newest N snapshots.")
 @click.option("--keep-within", "within", type=DURATION, metavar="DURATION",
               help="Keep every snapshot within DURATION (e.g. 2y5m7d3h) of the newest one.")

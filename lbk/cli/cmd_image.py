@@ -8,10 +8,8 @@ import click
 
 from lbk.cli.main import CONTEXT_SETTINGS, cli, global_options, settings
 from lbk.cli.output import fmt_time, human_size
-from lbk.cli.params import PATH_BYTES
+from lbk.cli.params import IMAGE_REF, PATH_BYTES
 from lbk.errors import ExitCode
-from lbk.ops.image import ImageOptions, create_image, find_image, image_info, image_json, list_images
-from lbk.ops.image_restore import restore_image, verify_image
 
 _name_filter = click.option("--name", "name", metavar="NAME", help="With latest or a time: only images of this name.")
 
@@ -54,6 +52,8 @@ def image_create(source, name, tags, host) -> None:
       sudo lbk image create /dev/sda --name laptop-disk --tag weekly
       lbk image create vm.img
     """
+    from lbk.ops.image import ImageOptions, create_image
+
     s = settings()
     repo = s.open_repo()
     tag_list = [x for t in tags for x in t.split(",") if x]
@@ -90,6 +90,8 @@ def image_list(name) -> None:
       lbk image list
       lbk image list --json | jq -r '.[-1].id'
     """
+    from lbk.ops.image import image_json, list_images
+
     s = settings()
     repo = s.open_repo()
     snaps = list_images(repo, name)
@@ -108,7 +110,7 @@ def image_list(name) -> None:
 
 
 @image_group.command("info", context_settings=CONTEXT_SETTINGS)
-@click.argument("ref")
+@click.argument("ref", type=IMAGE_REF)
 @_name_filter
 @global_options
 def image_info_cmd(ref, name) -> None:
@@ -118,6 +120,8 @@ def image_info_cmd(ref, name) -> None:
     Example:
       lbk image info latest --name sda
     """
+    from lbk.ops.image import find_image, image_info
+
     s = settings()
     repo = s.open_repo()
     info = image_info(repo, find_image(repo, ref, name))
@@ -143,7 +147,7 @@ def image_info_cmd(ref, name) -> None:
 
 
 @image_group.command("restore", context_settings=CONTEXT_SETTINGS)
-@click.argument("ref")
+@click.argument("ref", type=IMAGE_REF)
 @click.argument("target", type=PATH_BYTES)
 @click.option("--yes", is_flag=True, help="Overwrite a block device or a non-empty file.")
 @click.option("--no-verify", is_flag=True, help="Do not re-read and check what was written.")
@@ -161,6 +165,9 @@ def image_restore(ref, target, yes, no_verify, name) -> None:
       lbk image restore latest /dev/sda --name sda --yes
       lbk image restore 1a2b3c4d /tmp/disk.img
     """
+    from lbk.ops.image import find_image
+    from lbk.ops.image_restore import restore_image
+
     s = settings()
     repo = s.open_repo()
     snap = find_image(repo, ref, name)
@@ -177,7 +184,7 @@ def image_restore(ref, target, yes, no_verify, name) -> None:
 
 
 @image_group.command("verify", context_settings=CONTEXT_SETTINGS)
-@click.argument("ref")
+@click.argument("ref", type=IMAGE_REF)
 @click.argument("target", type=PATH_BYTES)
 @_name_filter
 @global_options
@@ -188,6 +195,9 @@ def image_verify(ref, target, name) -> int:
     Example:
       lbk image verify latest /dev/sda --name sda
     """
+    from lbk.ops.image import find_image
+    from lbk.ops.image_restore import verify_image
+
     s = settings()
     repo = s.open_repo()
     snap = find_image(repo, ref, name)

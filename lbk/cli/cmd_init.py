@@ -31,6 +31,7 @@ def init_cmd() -> None:
             default = True
     backend = open_backend(s.repo, on_retry=s.out.warn)
     repo = init_repository(backend, s.new_password(what="password for the new repository"))
+    s.track(repo, created=True)
     if default:
         write_user_config_value("repository", s.repo)
     s.out.doc({"message_type": "initialized", "id": repo.id, "repository": backend.location})

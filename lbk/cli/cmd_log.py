@@ -6,13 +6,11 @@ import os
 
 import click
 
-from lbk.catalog import open_catalog
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time, human_size
-from lbk.cli.params import PATH_BYTES, snapshot_filter
+from lbk.cli.params import PATH_BYTES, REF, snapshot_filter
 from lbk.cli.output import Output
 from lbk.events import Event, FileError, Progress
-from lbk.ops.log import DELETED, log
 
 
 def document_events(out: Output):
@@ -32,8 +30,8 @@ def document_events(out: Output):
 
 @command("log")
 @click.argument("path", type=PATH_BYTES)
-@click.option("--since", metavar="REF", help="Only versions from snapshot REF on (a time, id, latest or @name).")
-@click.option("--until", metavar="REF", help="Only versions up to snapshot REF.")
+@click.option("--since", metavar="REF", type=REF, help="Only versions from snapshot REF on (a time, id, latest or @name).")
+@click.option("--until", metavar="REF", type=REF, help="Only versions up to snapshot REF.")
 @click.option("--deleted", is_flag=True, help="List files beneath PATH that existed once and are gone now.")
 @click.option("--host", metavar="HOST", help="Only snapshots of this host.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only snapshots with this tag (repeatable, or a,b).")
@@ -49,6 +47,9 @@ def log_cmd(path, since, until, deleted, host, tags) -> None:
       lbk log ~/Documents --since '3d ago'
       lbk log ~/Documents --deleted --json | jq -r '.[].path'
     """
+    from lbk.catalog import open_catalog
+    from lbk.ops.log import DELETED, log
+
     s = settings()
     repo = s.open_repo()
     catalog = open_catalog(s.cache(repo))

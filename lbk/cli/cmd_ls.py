@@ -9,15 +9,13 @@ from datetime import datetime
 import click
 
 from lbk.cli.main import command, settings
-from lbk.cli.params import PATH_BYTES, snapshot_filter
-from lbk.model import DIR, SYMLINK
-from lbk.ops.listing import find_snapshot, walk_snapshot
+from lbk.cli.params import PATH_BYTES, REF, snapshot_filter
 
 _TYPE_CHAR = {"dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev": "b", "socket": "s", "file": "-"}
 
 
 @command("ls")
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.argument("path", required=False, type=PATH_BYTES)
 @click.option("--long", "-l", "long_", is_flag=True, help="Show mode, owner, size and mtime.")
 @click.option("--recursive", "-R", is_flag=True, help="List everything beneath PATH.")
@@ -31,6 +29,9 @@ def ls_cmd(ref, path, long_, recursive, host, tags) -> None:
       lbk ls latest /home/ann/Documents --long
       lbk ls 1a2b3c4d --recursive --json | jq -r '.path'
     """
+    from lbk.model import DIR, SYMLINK
+    from lbk.ops.listing import find_snapshot, walk_snapshot
+
     s = settings()
     repo = s.open_repo()
     snap = find_snapshot(repo, ref, snapshot_filter(host, tags, None))

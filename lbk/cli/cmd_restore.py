@@ -1,4 +1,8 @@
-"""lbk restore: restore a snapshot (or part of it) into a directory."""
+"""lbk restore: restore a snapshot (or part of it) into a directory.
+
+The ops are imported when the command runs: shell completion imports this module to
+complete a REF, and must not pay for the repository's modules (see lbk/cli/params.py).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import click
 
 from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
-from lbk.cli.params import PATH_BYTES, snapshot_filter
+from lbk.cli.params import PATH_BYTES, REF, snapshot_filter
 from lbk.errors import ExitCode
-from lbk.ops.listing import find_snapshot
-from lbk.ops.restore import OVERWRITE_MODES, RestoreOptions, restore
+
+OVERWRITE_MODES = ("always", "if-changed", "never")  # lbk.ops.restore.OVERWRITE_MODES (a test keeps them equal)
 
 
 @command("restore")
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.argument("paths", nargs=-1, type=PATH_BYTES)
 @click.option("--target", "-t", required=True, type=PATH_BYTES, metavar="DIR", help="Directory to restore into.")
 @click.option("--include", "includes", multiple=True, metavar="PAT", help="Restore only matching files.")
@@ -37,6 +41,9 @@ def restore_cmd(ref, paths, target, includes, excludes, overwrite, verify, dry_r
       lbk restore latest --target /tmp/r
       lbk restore 1a2b3c4d /home/ann/Documents --target /tmp/r --verify
     """
+    from lbk.ops.listing import find_snapshot
+    from lbk.ops.restore import RestoreOptions, restore
+
     s = settings()
     repo = s.open_repo()
     path_filter = paths[0] if len(paths) == 1 else None

@@ -9,12 +9,9 @@ import click
 
 from lbk.cli.main import command, settings
 from lbk.cli.output import fmt_time, human_size
-from lbk.cli.params import PATH_BYTES
+from lbk.cli.params import PATH_BYTES, REF
 from lbk.errors import ExitCode
 from lbk.events import FileError, Warning_
-from lbk.ops.listing import find_snapshot
-from lbk.ops.refs import Filter
-from lbk.ops.rollback import ConfirmationRequired, RollbackOptions, normalize_path, plan_rollback, rollback
 
 
 def _show_plan(out, plan, verb: str) -> None:
@@ -34,7 +31,7 @@ def _show_plan(out, plan, verb: str) -> None:
 
 @command("rollback")
 @click.argument("path", type=PATH_BYTES)
-@click.option("--to", "ref", required=True, metavar="REF",
+@click.option("--to", "ref", required=True, metavar="REF", type=REF,
               help="Snapshot id, latest, @checkpoint, a date/time or '2h ago' (newest snapshot covering PATH).")
 @click.option("--dry-run", "-n", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -55,6 +52,10 @@ def rollback_cmd(path, ref, dry_run, yes, excludes, host) -> int:
       lbk rollback ~/project --to @before-upgrade --dry-run
       lbk rollback ~/project/notes.txt --to '2h ago' --yes
     """
+    from lbk.ops.listing import find_snapshot
+    from lbk.ops.refs import Filter
+    from lbk.ops.rollback import ConfirmationRequired, RollbackOptions, normalize_path, plan_rollback, rollback
+
     s = settings()
     if not (dry_run or yes) and (s.json or not sys.stdin.isatty()):
         raise ConfirmationRequired()  # scripts (no terminal, or --json) must say --yes

@@ -6,13 +6,11 @@ import click
 
 from lbk.cli.main import command, settings
 from lbk.cli.output import human_size
-from lbk.cli.params import snapshot_filter, with_filters
-from lbk.ops.listing import find_snapshot, list_snapshots
-from lbk.ops.stats import stats
+from lbk.cli.params import REF, snapshot_filter, with_filters
 
 
 @command("stats")
-@click.argument("ref", required=False)
+@click.argument("ref", required=False, type=REF)
 @with_filters
 def stats_cmd(ref, host, tags, path) -> None:
     """Show stored bytes, original bytes, and deduplication and compression ratios.
@@ -23,6 +21,9 @@ def stats_cmd(ref, host, tags, path) -> None:
     Example:
       lbk stats latest --json | jq .dedup_ratio
     """
+    from lbk.ops.listing import find_snapshot, list_snapshots
+    from lbk.ops.stats import stats
+
     s = settings()
     repo = s.open_repo()
     flt = snapshot_filter(host, tags, path)

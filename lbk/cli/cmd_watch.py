@@ -71,6 +71,7 @@ def watch_cmd(paths, debounce, max_delay, commit_interval, rescan, excludes, exc
     sdir = state_dir(cache_root, backend.location)
     spool = SpoolingBackend(backend, sdir, cap_bytes=spool_cap << 20)
     repo = Repository.open(spool, s.password)
+    s.track(repo)
     cache = s.cache(repo)
     skip = [os.fsencode(p) for p in (backend.location, cache_root) if p and os.path.isabs(p)]
     opts = WatchOptions(

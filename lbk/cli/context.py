@@ -1,5 +1,9 @@
 """What every command needs from the global options: the repository, the password,
 the cache and the output. Built once per invocation from options, env and config file.
+
+The repository and backend modules are imported when a repository is opened, not
+here: this module is loaded by every run, including ``--version``, ``status`` and
+each shell completion, which must stay fast.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import platformdirs
 
-from lbk.backend.registry import open_backend
 from lbk.cache import Cache, default_cache_dir
 from lbk.cli.output import Output
 from lbk.errors import NoRepositoryConfigured, PasswordError, UsageError
-from lbk.repo.repository import Repository
+from lbk.refcache import SnapshotList, remember_location
+
+if TYPE_CHECKING:
+    from lbk.repo.repository import Repository
 
 
 def config_path() -> str:
@@ -68,6 +75,7 @@ class Settings:
     limit_upload: int | None = None
     limit_download: int | None = None
     _password: bytes | None = field(default=None, repr=False)
+    from_command_line: set[str] = field(default_factory=set, repr=False)  # attrs given as options
 
     @property
     def out(self) -> Output:
@@ -91,6 +99,8 @@ class Settings:
         return str(url)
 
     def backend(self):
+        from lbk.backend.registry import open_backend
+
         backend = open_backend(self.repository_url(), on_retry=self.out.warn)
         if self.limit_upload or self.limit_download:
             from lbk.backend.limit import LimitedBackend
@@ -98,10 +108,33 @@ class Settings:
             backend = LimitedBackend(backend, self.limit_upload, self.limit_download)
         return backend
 
-    def open_repo(self) -> Repository:
-        return Repository.open(self.backend(), self.password)
+    def open_repo(self) -> "Repository":
+        from lbk.repo.repository import Repository
 
-    def cache(self, repo: Repository) -> Cache | None:
+        repo = Repository.open(self.backend(), self.password)
+        self.track(repo)
+        return repo
+
+    def track(self, repo: "Repository", created: bool = False) -> None:
+        """Remember which repository the URL in effect names, and keep the cache's list
+        of its snapshots current, so that shell completion can offer snapshot ids and
+        checkpoint names without the password (lbk/refcache.py). ``created``: the
+        repository was just made, so its list is known to be empty."""
+        if self.no_cache:
+            return
+        root = self.cache_dir or default_cache_dir()
+        try:
+            remember_location(root, self.repository_url(), repo.id)
+        except OSError:
+            return  # no usable cache dir: the commands that need one say so
+        from lbk.repo.snapshots import observe
+
+        snapshot_list = SnapshotList(root, repo.id)
+        if created:
+            snapshot_list.listed([])
+        observe(repo, snapshot_list)
+
+    def cache(self, repo: "Repository") -> Cache | None:
         if self.no_cache:
             return None
         try:

@@ -13,7 +13,6 @@ import os
 import pkgutil
 import re
 import sys
-import traceback
 
 import click
 
@@ -27,6 +26,12 @@ _state = {"json": False}
 
 
 def _setter(attr: str, flag_count: bool = False):
+    """The callback of one global option: write its value into the root ``Settings``.
+
+    The option exists on the group and on every command, so it is processed twice; a
+    value from the environment must not replace one given on the command line at the
+    other level (``LBK_REPOSITORY=/a lbk -r /b snapshots`` means /b)."""
+
     def callback(ctx: click.Context, param: click.Parameter, value):
         src = ctx.get_parameter_source(param.name)
         root = ctx.find_root()
@@ -35,6 +40,10 @@ def _setter(attr: str, flag_count: bool = False):
             settings = root.obj = Settings()
         if src is not None and src.name == "DEFAULT":
             return value
+        if src is not None and src.name == "ENVIRONMENT" and attr in settings.from_command_line:
+            return value
+        if src is not None and src.name == "COMMANDLINE":
+            settings.from_command_line.add(attr)
         if flag_count:
             setattr(settings, attr, getattr(settings, attr) + value)
         else:
@@ -78,7 +87,9 @@ def global_options(f):
 
 class LazyGroup(click.Group):
     """Imports a command's module (``lbk/cli/cmd_<name>.py``) only when it is invoked,
-    so ``lbk status`` does not pay for the imports of every other command."""
+    so ``lbk status`` does not pay for the imports of every other command. (Commands
+    that take a REF go further and import their ops inside the command function, so
+    that completing a REF at the shell stays fast: see lbk/cli/params.py.)"""
 
     def get_command(self, ctx, name):
         if name not in self.commands and re.fullmatch(r"[a-z]+", name or ""):
@@ -178,6 +189,8 @@ def run(argv: list[str] | None = None) -> int:
         return ExitCode.FATAL
     except Exception as e:  # a bug: one line for the user, the traceback on request
         if os.environ.get("LBK_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         Output(_state["json"]).fatal(
             ExitCode.FATAL, f"internal error: {type(e).__name__}: {e} (set LBK_DEBUG=1 for a traceback)"

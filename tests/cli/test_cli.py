@@ -149,6 +149,32 @@ def test_password_file_and_command(lbk, repo, tmp_path, monkeypatch):
     assert res.code == ExitCode.FATAL and "no password" in res.err
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize(
+    "env, option",
+    [
+        ("LBK_REPOSITORY", "-r"),
+        ("LBK_PASSWORD_FILE", "--password-file"),
+        ("LBK_PASSWORD_COMMAND", "--password-command"),
+    ],
+)
+def test_an_option_beats_its_environment_variable_before_or_after_the_command(lbk, repo, tmp_path, monkeypatch,
+                                                                              env, option, where):
+    """Global options are processed on the group and again on the command: the
+    environment variable must not undo an option given at the other level."""
+    monkeypatch.delenv("LBK_PASSWORD")
+    pf = tmp_path / "pw"
+    pf.write_text(PASSWORD + "\n")
+    good = {"-r": str(repo), "--password-file": str(pf), "--password-command": f"cat {pf}"}[option]
+    monkeypatch.setenv(env, str(tmp_path / "wrong"))
+    base = [] if option == "-r" else ["-r", repo]
+    if option == "-r":
+        monkeypatch.setenv("LBK_PASSWORD", PASSWORD)
+    args = [option, good, *base, "snapshots"] if where == "before" else [*base, "snapshots", option, good]
+    res = lbk(*args)
+    assert res.code == 0, res.err
+
+
 def test_key_add_list_remove_passwd(lbk, repo, tmp_path, monkeypatch):
     second = tmp_path / "second"
     second.write_text("second password")
