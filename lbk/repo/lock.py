@@ -70,6 +70,9 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writing = threading.Lock()  # the refresh thread and ensure() both write it
+        # set when our lock file was found removed (stale after a long suspend, or 'lbk
+        # unlock --all'): a prune may have run since, so it is never written again
+        self.lost = False
 
     def _payload(self) -> bytes:
         from lbk.repo.keys import current_user
@@ -112,23 +115,41 @@ class Lock:
                     f"(if that process is gone, run 'lbk unlock')"
                 )
 
+    def held(self) -> bool:
+        """Whether our lock file is still there (one stat); False for good once it was not.
+        A BackendError (repository unreachable) is the caller's to judge."""
+        if self.lost:
+            return False
+        try:
+            self.repo.backend.stat(Handle(FileKind.LOCK, self.name))
+        except NotFound:
+            self.lost = True
+        return not self.lost
+
+    def refresh(self) -> bool:
+        """Rewrite our lock file with the current time, unless it was removed meanwhile:
+        then it is lost and not recreated (data we deduplicated against may be gone)."""
+        with self._writing:
+            if not self.held():
+                return False
+            self.repo.save_sealed(Handle(FileKind.LOCK, self.name), self._payload(), overwrite=True)
+            return True
+
     def ensure(self) -> None:
         """Before committing (a snapshot), prove the lock was held all along: our lock
         file must still exist. If it was removed (a suspended laptop's lock went stale
         and another host pruned), data we deduplicated against may be gone: refuse."""
-        try:
-            self.repo.backend.stat(Handle(FileKind.LOCK, self.name))
-        except NotFound:
+        if not self.refresh():
             raise LockFailed(
                 "the repository lock was removed while this operation ran (stale after a long "
                 "suspend?); nothing was committed: run it again"
-            ) from None
-        self._write()
+            )
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH):
             try:
-                self._write()
+                if not self.refresh():
+                    return  # lost: the holder finds out before it commits
             except BackendError:
                 pass  # a transient failure; the next refresh retries, staleness takes 30 min
 

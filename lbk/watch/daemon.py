@@ -33,13 +33,14 @@ from datetime import datetime, timezone
 from lbk.cache import Cache
 from lbk.errors import BackendError, LbkError, LockFailed
 from lbk.events import Captured, Committed, Emit, Spooled, Synced, Warning_
-from lbk.model import DIR, FILE, Node, Snapshot, encode_tree
+from lbk.backend.base import FileKind
+from lbk.model import DIR, FILE, Node, Snapshot, decode_tree, encode_tree
 from lbk.ops.backup import Backup, BackupOptions, normalize_paths
 from lbk.ops.walk import make_node
 from lbk.repo import crypto
 from lbk.repo.pack import TREE
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import save_snapshot
+from lbk.repo.snapshots import load_snapshot, save_snapshot
 from lbk.watch.spool import SpoolFull, SpoolingBackend
 from lbk.watch.state import WatchState
 
@@ -120,6 +121,7 @@ class Watcher:
         self._unsynced_since: float | None = None
         self.scanner: Backup | None = None  # made by scan(): loading the files cache costs memory
         self.spool_full = False  # a commit met the spool cap: no more commits until a sync
+        self.revalidate_requested = False  # the syncer found our lock lapsed: main loop re-checks
         spool.on_spool = self._on_spool
 
     # -- engine ---------------------------------------------------------------------
@@ -275,10 +277,14 @@ class Watcher:
         files whose chunks were lost with a failed pack are captured again."""
         if not self.dirty:
             return None
+        if self._recapture_unstored():
+            self.last_commit = time.monotonic()  # commit once they are read again, not in a spin
+            return None
         try:
             return self._commit()
         except BaseException:
             self._recapture_unstored()
+            self.last_commit = time.monotonic()  # retry after commit_interval, not at once
             raise
 
     def _unstored(self) -> list[bytes]:
@@ -289,9 +295,15 @@ class Watcher:
                 if n.type == FILE and not all(has(c) for c in n.content)]
 
     def _recapture_unstored(self) -> list[bytes]:
+        """Queue those files for capture (without pushing back a capture already queued)."""
         lost = self._unstored()
         if lost:
-            self.on_fs_event(*lost)
+            now = time.monotonic()
+            with self.cond:
+                for p in lost:
+                    if p not in self.pending.first:
+                        self.pending.touch(p, now)
+                self.cond.notify()
         return lost
 
     def _commit(self) -> Snapshot | None:
@@ -327,6 +339,8 @@ class Watcher:
             self.commits_since_consolidation = 0
         if self._recapture_unstored():  # the last line of defence: never commit a hole
             raise LbkError("some captured data was not stored; those files are read again before the next commit")
+        if not self._lock_holds() and self._revalidate() == "rescan":
+            raise LbkError("the repository changed while this daemon held no lock; rescanning before the next commit")
         captured = self.uncommitted
         self.uncommitted = []
         now = time.monotonic()
@@ -358,6 +372,9 @@ class Watcher:
     # -- baseline and rescans ---------------------------------------------------------------
     def scan(self) -> None:
         """(Re)build the mirror from a walk of every watched path and commit it."""
+        if self.scanner is not None and not self._lock_holds():
+            self._revalidate()  # the index this scan trusts must be the repository's now
+            self.rescan_requested = False  # this is the rescan
         self.state.phase = "scanning"
         self.write_state(force=True)
         old_mirror = self.mirror
@@ -391,6 +408,8 @@ class Watcher:
             lower_priority()
         self._acquire_lock()
         self.repo.ensure_index()
+        if self.lock is not None and self.spool.spooled():
+            self._drop_broken_spooled()  # left by an earlier run: prunes may have run since
         observer = self._start_observer()
         syncer = threading.Thread(target=self._sync_loop, name="lbk-sync", daemon=True)
         syncer.start()
@@ -400,7 +419,7 @@ class Watcher:
             while True:
                 with self.cond:
                     while True:
-                        if self.stopping or self.rescan_requested:
+                        if self.stopping or self.rescan_requested or self.revalidate_requested:
                             break
                         now = time.monotonic()
                         deadlines = [next_rescan]
@@ -417,6 +436,10 @@ class Watcher:
                     self.rescan_requested = False
                     now = time.monotonic()
                     due = self.pending.take_due(now, everything=stopping)
+                if self.revalidate_requested:
+                    self.revalidate_requested = False
+                    if self._guarded(self._revalidate) in ("ok", "rescan"):
+                        self._sync_wakeup.set()  # the spool may go up now (offline: the syncer backs off)
                 if rescan or now >= next_rescan:
                     next_rescan = now + self.opts.rescan
                     self._guarded(self.scan)
@@ -484,6 +507,11 @@ class Watcher:
 
     # -- spool upload -------------------------------------------------------------------------
     def _sync_once(self) -> bool:
+        if self.spool.spooled() and not self._lock_holds(unreachable=False):
+            with self.cond:  # the main loop re-checks the repository before anything goes up
+                self.revalidate_requested = True
+                self.cond.notify()
+            return False
         uploaded = {"files": 0, "bytes": 0}
 
         def count(_h, size):
@@ -498,12 +526,79 @@ class Watcher:
             self._unsynced_since = None
             self.state.online = True
             self.write_state(force=True)
-            if self.lock is None:
-                try:
-                    self.lock = self.repo.lock(exclusive=False)
-                except (LockFailed, BackendError):
-                    pass
         return done
+
+    # -- the lock, and the repository changing while it lapsed ------------------------------
+    def _lock_holds(self, unreachable: bool = True) -> bool:
+        """Whether the lock taken at start (or since) is still ours. While the repository
+        cannot be reached, ``unreachable`` is the answer: writes go to the spool then, and
+        the spool is only uploaded once the lock is confirmed."""
+        if self.lock is None:
+            return False
+        try:
+            return self.lock.held()
+        except BackendError:
+            return unreachable
+
+    def _revalidate(self) -> str:
+        """Our lock lapsed (taken while offline, or removed as stale while the machine
+        slept): a prune elsewhere may have removed data this daemon deduplicates against.
+        Take a new lock, reload the index, drop spooled snapshots that reference data no
+        longer there and, if anything we knew is gone, rebuild the mirror with a rescan.
+        Returns "offline" (no lock to be had now), "ok" or "rescan"."""
+        try:
+            lock = self.repo.lock(exclusive=False)
+        except (LockFailed, BackendError):
+            return "offline"
+        old, self.lock = self.lock, lock
+        if old is not None:
+            old.release()
+        self.repo.flush(consolidate=False)  # everything captured so far is indexed
+        known = self.repo.index
+        fresh = self.repo.load_index()
+        gone = sum(1 for bid, _ in known.blobs() if bid not in fresh)
+        dropped = self._drop_broken_spooled()
+        if not gone:
+            return "ok"
+        msg = (f"the repository changed while this daemon held no lock: {gone} chunks it knew were "
+               f"removed (a prune elsewhere); rescanning" + (f", {dropped} spooled snapshots that "
+               "referenced them were dropped" if dropped else ""))
+        self._set_error(msg)
+        self.emit(Warning_(message=msg))
+        with self.cond:
+            self.rescan_requested = True
+        return "rescan"
+
+    def _drop_broken_spooled(self) -> int:
+        """Drop spooled snapshots whose trees reference blobs the index lacks; they must
+        never reach the repository. Returns how many were dropped."""
+        index = self.repo.ensure_index()
+        complete: set[bytes] = set()
+
+        def whole(tree_id: bytes) -> bool:
+            if tree_id in complete:
+                return True
+            if tree_id not in index:
+                return False
+            for n in decode_tree(self.repo.load_blob(TREE, tree_id)):
+                if n.type == FILE and not all(c in index for c in n.content):
+                    return False
+                if n.type == DIR and n.subtree is not None and not whole(n.subtree):
+                    return False
+            complete.add(tree_id)
+            return True
+
+        dropped = 0
+        for _, h, _ in self.spool.spooled():
+            if h.kind is not FileKind.SNAPSHOT:
+                continue
+            try:
+                ok = whole(load_snapshot(self.repo, h.name).tree)
+            except (LbkError, OSError):
+                ok = False
+            if not ok and self.spool.discard(h):
+                dropped += 1
+        return dropped
 
     def _sync_loop(self) -> None:
         wait = SYNC_BACKOFF[0]

@@ -90,6 +90,16 @@ class SpoolingBackend:
         if self.on_spool:
             self.on_spool(h, len(data))
 
+    def discard(self, h: Handle) -> bool:
+        """Drop a spooled file that must never reach the repository (a snapshot that
+        references data pruned while the daemon was offline); True if it was there."""
+        with self._lock:
+            p = self._find_spooled(h)
+            if p is None:
+                return False
+            os.unlink(p)
+            return True
+
     def _find_spooled(self, h: Handle) -> str | None:
         for _, sh, p in self.spooled():
             if sh == h:

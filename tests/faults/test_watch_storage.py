@@ -4,6 +4,7 @@ references data it could not store."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -68,3 +69,61 @@ def test_repository_disk_full_under_the_daemon_spools_then_syncs(tmp_path):
     assert chk.returncode == 0, chk.stdout + chk.stderr
     out = restore_latest(repo, tmp_path)
     assert contents(out / str(tree).lstrip("/")) == contents(tree)
+
+
+def _prune_everything_elsewhere(repo) -> None:
+    """What another machine does while this daemon's lock has lapsed (stale after a long
+    suspend): remove the lock, forget every snapshot, prune every chunk."""
+    p = lbk_proc("-r", repo, "unlock", "--remove-all")
+    assert p.returncode == 0, p.stderr
+    ids = [s["id"] for s in json.loads(lbk_proc("-r", repo, "snapshots", "--json").stdout)]
+    p = lbk_proc("-r", repo, "forget", *ids, "--prune")
+    assert p.returncode == 0, p.stderr
+    assert not os.listdir(repo / "snapshots")
+
+
+def _assert_whole(repo, tree, tmp_path) -> None:
+    chk = lbk_proc("-r", repo, "check", "--read-data")
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    out = restore_latest(repo, tmp_path)
+    assert contents(out / str(tree).lstrip("/")) == contents(tree)
+
+
+def test_lock_removed_and_repository_pruned_under_a_running_daemon(tmp_path):
+    """The daemon's lock vanishes and a prune removes every chunk it knew; its next commit
+    must not reference them: it notices, reloads the index and rescans."""
+    repo, tree = tmp_path / "repo", tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "kept.txt").write_text("unchanged all along\n")
+    (tree / "a.txt").write_text("before\n")
+    assert lbk_proc("-r", repo, "init").returncode == 0
+    w = WatchProc(repo, tree, *FAST)
+    _prune_everything_elsewhere(repo)
+    (tree / "a.txt").write_text("after the prune\n")
+    w.wait_for(lambda ev: ev["message_type"] == "warning" and "held no lock" in ev["message"])
+    w.wait_for(lambda ev: ev["message_type"] == "committed")  # the rescan's new baseline
+    assert w.stop() == 0
+    _assert_whole(repo, tree, tmp_path)
+
+
+def test_spooled_snapshots_that_lost_their_data_never_reach_the_repository(tmp_path):
+    """Offline, the daemon captures a copy of a file it already stored (the chunk is
+    deduplicated); meanwhile its lock lapses and a prune elsewhere removes that chunk.
+    Back online, the spooled snapshot referencing it is dropped, and a rescan stores
+    the file again."""
+    repo, tree = tmp_path / "repo", tmp_path / "tree"
+    tree.mkdir()
+    (tree / "original.bin").write_bytes(os.urandom(100_000))
+    assert lbk_proc("-r", repo, "init").returncode == 0
+    w = WatchProc(repo, tree, *FAST)
+    away = tmp_path / "repo.unplugged"
+    os.rename(repo, away)
+    (tree / "copy.bin").write_bytes((tree / "original.bin").read_bytes())
+    ev = w.committed(tree / "copy.bin")
+    assert ev["spooled"]
+    _prune_everything_elsewhere(away)
+    os.rename(away, repo)
+    w.wait_for(lambda ev: ev["message_type"] == "warning" and "spooled snapshots" in ev["message"], timeout=30)
+    wait_until(lambda: status()["daemons"][0]["spool_files"] == 0, what="the spool to drain")
+    assert w.stop() == 0
+    _assert_whole(repo, tree, tmp_path)
