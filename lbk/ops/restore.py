@@ -5,8 +5,9 @@ Safety: names were validated when the tree was decoded (no ``/``, NUL, ``.``, ``
 every directory we descend into is checked with ``lstat`` to be a real directory, never
 a symlink; files are written to a temporary name opened with ``O_EXCL|O_NOFOLLOW`` and
 renamed over the destination, so an existing symlink is replaced, never followed.
-Files are written on a thread pool; all-zero blocks are skipped with a seek, so holes
-stay holes. Directory metadata is applied last, deepest first.
+File contents are written pack by pack on a thread pool (``restore_content.py``: each
+pack region read once, all-zero blocks skipped so holes stay holes); directory metadata
+is applied last, deepest first.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import errno
 import grp
 import os
 import pwd
-import itertools
 import stat
 import threading
 import time
-from collections import deque
-from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -29,14 +27,11 @@ from functools import lru_cache
 from lbk.errors import FormatError, IntegrityError, RestoreError
 from lbk.events import Emit, FileError, Progress, Verbose
 from lbk.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Snapshot, decode_tree
-from lbk.repo.pack import DATA, TREE
+from lbk.ops.restore_content import BATCH_BYTES, BATCH_FILES, ContentWriter, FileJob
+from lbk.repo.pack import TREE
 from lbk.repo.repository import Repository
 
-_TMP_SEQ = itertools.count()  # temporary names; O_EXCL catches any clash
-HOLE_BLOCK = 64 * 1024
-_ZERO = bytes(HOLE_BLOCK)
 WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
-READAHEAD = 3  # blobs of one file fetched ahead of the write
 OVERWRITE_MODES = ("always", "if-changed", "never")
 
 
@@ -89,6 +84,8 @@ class Restorer:
         self._dirs: list[tuple[bytes, Node]] = []
         self._links: dict[tuple[int, int], bytes] = {}
         self._pending_links: list[tuple[bytes, bytes, Node]] = []
+        self._batch: list[FileJob] = []
+        self._batch_bytes = 0
         self._last = 0.0
 
     # -- selection --------------------------------------------------------------
@@ -128,12 +125,10 @@ class Restorer:
                 raise RestoreError(f"cannot create target {os.fsdecode(self.target)}: {e.strerror}") from None
             if not os.path.isdir(self.target):
                 raise RestoreError(f"target {os.fsdecode(self.target)} is not a directory")
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-restore") as pool, \
-                ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-fetch") as self.fetcher:
-            futures: list = []
-            self._walk(snap.tree, b"/", self.target, pool, futures)
-            for f in futures:
-                f.result()
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="lbk-restore") as pool:
+            self._writer = ContentWriter(self.repo, pool, self._finish, lambda job, e: self._error(job.spath, e, "restore"))
+            self._walk(snap.tree, b"/", self.target)
+            self._flush_batch()
         for path, first, node in self._pending_links:
             self._hardlink(path, first, node)
         for path, node in reversed(self._dirs):
@@ -141,7 +136,7 @@ class Restorer:
         self.result.duration = time.monotonic() - start
         return self.result
 
-    def _walk(self, tree_id: bytes, src: bytes, dst: bytes, pool, futures: list) -> None:
+    def _walk(self, tree_id: bytes, src: bytes, dst: bytes) -> None:
         for node in tree_nodes(self.repo, tree_id):
             spath = src.rstrip(b"/") + b"/" + node.name
             dpath = os.path.join(dst, node.name)
@@ -156,7 +151,7 @@ class Restorer:
                 if node.error and take:
                     self._error(spath, RestoreError(f"restored incomplete: {node.error}"), "restore")
                 if node.subtree and descend:
-                    self._walk(node.subtree, spath, dpath, pool, futures)
+                    self._walk(node.subtree, spath, dpath)
                 self._dirs.append((dpath, node))
                 continue
             if not take:
@@ -169,7 +164,7 @@ class Restorer:
                     continue
                 self._links[key] = dpath
             if node.type == FILE:
-                futures.append(pool.submit(self._file_task, spath, dpath, node))
+                self._add_file(spath, dpath, node)
             else:
                 self._special(spath, dpath, node)
             self._progress()
@@ -190,25 +185,50 @@ class Restorer:
         return True
 
     # -- files ---------------------------------------------------------------------
-    def _file_task(self, spath: bytes, dpath: bytes, node: Node) -> None:
-        try:
-            if self._skip_existing(dpath, node):
-                with self._lock:
-                    self.result.skipped += 1
-                return
-            if not self.opts.dry_run:
-                self._write_file(dpath, node)
-                self._apply_metadata(dpath, node)
-                if self.opts.verify:
-                    self._verify(dpath, node)
+    def _add_file(self, spath: bytes, dpath: bytes, node: Node) -> None:
+        if self._skip_existing(dpath, node):
+            with self._lock:
+                self.result.skipped += 1
+            return
+        if self.opts.dry_run:
             with self._lock:
                 self.result.files += 1
                 self.result.bytes += node.size
-            self.emit(Verbose(action="restored", path=spath, size=node.size))
-            if node.error:  # marked by 'lbk repair snapshots': what remains is restored, and named
-                self._error(spath, RestoreError(f"restored incomplete: {node.error}"), "restore")
-        except (OSError, RestoreError, IntegrityError, FormatError) as e:  # a damaged blob spoils one file
-            self._error(spath, e, "restore")
+            return
+        self._batch.append(FileJob(spath, dpath, node))
+        self._batch_bytes += node.size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if batch:
+            self._writer.run(batch)
+
+    def _finish(self, job: FileJob) -> None:
+        """The file's last blob is in: give it its size, its name and its metadata."""
+        node = job.node
+        try:
+            try:
+                os.ftruncate(job.fd, node.size)
+            finally:
+                job.close()
+            os.replace(job.tmp, job.dpath)
+            job.tmp = None
+            self._apply_metadata(job.dpath, node)
+            if self.opts.verify:
+                self._verify(job.dpath, node)
+        except (OSError, RestoreError, IntegrityError, FormatError) as e:
+            job.discard()
+            self._error(job.spath, e, "restore")
+            return
+        with self._lock:
+            self.result.files += 1
+            self.result.bytes += node.size
+        self.emit(Verbose(action="restored", path=job.spath, size=node.size))
+        self._progress()
+        if node.error:  # marked by 'lbk repair snapshots': what remains is restored, and named
+            self._error(job.spath, RestoreError(f"restored incomplete: {node.error}"), "restore")
 
     def _skip_existing(self, dpath: bytes, node: Node) -> bool:
         mode = self.opts.overwrite
@@ -221,64 +241,6 @@ class Restorer:
         if mode == "never":
             return True
         return stat.S_ISREG(st.st_mode) and st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
-
-    def _write_file(self, dpath: bytes, node: Node) -> None:
-        d, base = os.path.split(dpath)
-        while True:  # a leftover of a crashed restore may hold a name: take the next one
-            tmp = os.path.join(d, b".lbk-restore-%d-%d" % (os.getpid(), next(_TMP_SEQ)))
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                break
-            except FileExistsError:
-                continue
-        try:
-            pos = 0
-            for data in self._blobs(node.content):
-                self._write_sparse(fd, data, pos)
-                pos += len(data)
-            if pos != node.size:
-                raise RestoreError(f"content length {pos} does not match the recorded size {node.size}")
-            os.ftruncate(fd, pos)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, dpath)
-
-    def _blobs(self, ids: list[bytes]):
-        """The file's blobs in order, fetched and decrypted READAHEAD at a time on the
-        fetcher pool (network round trips and decryption overlap the writes)."""
-        if len(ids) <= 1:
-            for bid in ids:
-                yield self.repo.load_blob(DATA, bid)
-            return
-        window: deque = deque()
-        it = iter(ids)
-        for bid in islice(it, READAHEAD):
-            window.append(self.fetcher.submit(self.repo.load_blob, DATA, bid))
-        try:
-            while window:
-                data = window.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    window.append(self.fetcher.submit(self.repo.load_blob, DATA, nxt))
-                yield data
-        finally:
-            for f in window:
-                f.cancel()
-
-    @staticmethod
-    def _write_sparse(fd: int, data: bytes, pos: int) -> None:
-        view = memoryview(data)
-        n = len(view)
-        i = 0
-        while i < n:
-            j = min(i + HOLE_BLOCK, n)
-            block = view[i:j]
-            if block != _ZERO[: j - i]:
-                os.pwrite(fd, block, pos + i)
-            i = j
 
     def _verify(self, dpath: bytes, node: Node) -> None:
         with open(dpath, "rb") as f:

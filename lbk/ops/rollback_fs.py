@@ -22,10 +22,9 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from lbk.model import BLOCKDEV, CHARDEV, FIFO, SYMLINK, Node
+from lbk.ops.restore_content import write_sparse
 from lbk.ops.walk import node_type
 
-HOLE_BLOCK = 64 * 1024
-_ZERO = bytes(HOLE_BLOCK)
 TMP_PREFIX = b".lbk-rollback-"
 _PROC_FD = os.path.isdir("/proc/self/fd")
 
@@ -81,7 +80,7 @@ class SafeTree:
             try:
                 pos = 0
                 for data in chunks():
-                    _write_sparse(fd, data, pos)
+                    write_sparse(fd, data, pos)
                     pos += len(data)
                 if pos != node.size:
                     raise ContentError(f"content length {pos} does not match the recorded size {node.size}")
@@ -161,14 +160,6 @@ class SafeTree:
             os.utime(target, ns=(st.st_atime_ns, node.mtime_ns), **kw)
         finally:
             os.close(fd)
-
-
-def _write_sparse(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    for i in range(0, len(view), HOLE_BLOCK):
-        block = view[i : i + HOLE_BLOCK]
-        if block != _ZERO[: len(block)]:
-            os.pwrite(fd, block, pos + i)
 
 
 def set_xattrs(target, wanted: list[tuple[bytes, bytes]]) -> None:

@@ -362,15 +362,19 @@ class Repository:
 
     def _load_range(self, loc: BlobLocation, blob_id: bytes) -> bytes:
         """A blob's sealed bytes; a missing or truncated pack is damage, named by blob and pack."""
-        h = Handle(FileKind.DATA, loc.pack)
-        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
+        return self.load_pack_range(loc.pack, loc.offset, loc.length, f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}")
+
+    def load_pack_range(self, pack_id: str, offset: int, length: int, what: str) -> bytes:
+        """Bytes of a pack (one read for several blobs: restore reads packs by regions); a
+        missing or truncated pack is damage, reported as ``what``."""
+        h = Handle(FileKind.DATA, pack_id)
         try:
-            return self.backend.load(h, loc.offset, loc.length)
+            return self.backend.load(h, offset, length)
         except NotFound:
             raise IntegrityError(f"{what}: the pack is missing") from None
         except BackendError:
             size = self.backend.stat(h)
-            if size < loc.offset + loc.length:
+            if size < offset + length:
                 raise IntegrityError(f"{what}: the pack is shorter ({size} bytes) than the index says") from None
             raise
 
