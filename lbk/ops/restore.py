@@ -209,6 +209,8 @@ class Restorer:
         """The file's last blob is in: give it its size, its name and its metadata."""
         node = job.node
         try:
+            if job.length != node.size:
+                raise RestoreError(f"content length {job.length} does not match the recorded size {node.size}")
             try:
                 os.ftruncate(job.fd, node.size)
             finally:
