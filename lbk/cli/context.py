@@ -30,13 +30,22 @@ def default_repository_path() -> str:
 
 
 def read_user_config() -> dict:
+    path = config_path()
     try:
-        with open(config_path(), "rb") as f:
-            return tomllib.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read {config_path()}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    return parse_user_config(raw, path)
+
+
+def parse_user_config(raw: bytes, path: str) -> dict:
+    try:
+        return tomllib.loads(raw.decode())
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
 
 
 def write_user_config_value(key: str, value: str) -> None:

@@ -74,18 +74,33 @@ def _parse(raw: bytes, what: str) -> dict:
         raise FormatError(f"{what}: malformed key file") from None
 
 
-def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
-    """The master key if ``password`` opens this key file, else None."""
+@dataclass(frozen=True)
+class KeyFile:
+    salt: bytes
+    ops: int
+    mem: int
+    sealed: bytes
+
+
+def parse_key_file(raw: bytes, what: str) -> KeyFile:
     doc = _parse(raw, what)
     kdf = doc["kdf"]
     try:
         salt = base64.b64decode(kdf["salt"], validate=True)
         sealed = base64.b64decode(doc["data"], validate=True)
-        kek = crypto.derive_key(password, salt, int(kdf["ops"]), int(kdf["mem"]))
+        return KeyFile(salt, int(kdf["ops"]), int(kdf["mem"]), sealed)
+    except (ValueError, TypeError, OverflowError):
+        raise FormatError(f"{what}: malformed key file") from None
+
+
+def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
+    kf = parse_key_file(raw, what)
+    try:
+        kek = crypto.derive_key(password, kf.salt, kf.ops, kf.mem)
     except (ValueError, TypeError, OverflowError):
         raise FormatError(f"{what}: malformed key file") from None
     try:
-        return MasterKey.from_bytes(crypto.open_sealed(kek, sealed, b"lbk:key", what))
+        return MasterKey.from_bytes(crypto.open_sealed(kek, kf.sealed, b"lbk:key", what))
     except IntegrityError:
         return None
 

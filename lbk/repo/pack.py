@@ -79,7 +79,10 @@ def header_length(tail: bytes, pack_size: int, what: str) -> int:
 
 
 def parse_header(key: bytes, sealed: bytes, header_offset: int, what: str) -> list[PackEntry]:
-    plain = crypto.open_sealed(key, sealed, b"lbk:packheader", what)
+    return parse_header_plain(crypto.open_sealed(key, sealed, b"lbk:packheader", what), header_offset, what)
+
+
+def parse_header_plain(plain: bytes, header_offset: int, what: str) -> list[PackEntry]:
     if len(plain) < _HEAD.size:
         raise FormatError(f"{what}: header too short")
     version, count = _HEAD.unpack_from(plain)
