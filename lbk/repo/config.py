@@ -15,12 +15,19 @@ not fingerprint known files. An unknown version is refused.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 
+import zstandard
+
 from lbk.errors import FormatError
+from lbk.repo.pack import MAX_BLOB
 
 VERSION = 1
+MIN_LEVEL = -(1 << 17)  # zstd's fastest negative level
+MIN_PACK, MAX_PACK = 64 << 10, 1 << 30
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 @dataclass
@@ -61,19 +68,35 @@ class Config:
             if doc.get("version") != VERSION:
                 raise FormatError(f"config: unknown repository version {doc.get('version')!r}")
             ch = ChunkerParams(**doc["chunker"])
-            if ch.alg != "fastcdc2020" or not (64 <= ch.min <= ch.avg <= ch.max <= 64 << 20):
-                raise FormatError("config: unsupported chunker parameters")
             comp = doc["compression"]
             if comp.get("alg") != "zstd":
                 raise FormatError(f"config: unknown compression {comp.get('alg')!r}")
-            return cls(
-                id=str(doc["id"]),
-                chunker=ch,
-                compression_level=int(comp["level"]),
-                pack_size=int(doc["pack_size"]),
-            )
+            cfg = cls(id=doc["id"], chunker=ch, compression_level=comp["level"], pack_size=doc["pack_size"])
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise FormatError("config: malformed") from None
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        """Refuse values the writers cannot use (docs/FORMAT.md, "Config"): the id names the
+        cache directory, the chunker and compressor take the numbers as C integers, and a
+        pack is held in memory until it reaches ``pack_size``."""
+        ch = self.chunker
+        if not isinstance(self.id, str) or not _HEX64.match(self.id):
+            raise FormatError("config: malformed repository id")
+        nums = (ch.min, ch.avg, ch.max, ch.seed)
+        if not (ch.alg == "fastcdc2020" and all(type(v) is int for v in nums)
+                and 64 <= ch.min <= ch.avg <= ch.max <= MAX_BLOB and 0 <= ch.seed < 2**64):
+            raise FormatError("config: unsupported chunker parameters")
+        if not _int(self.compression_level, MIN_LEVEL, zstandard.MAX_COMPRESSION_LEVEL):
+            raise FormatError(f"config: unsupported compression level {self.compression_level!r}")
+        if not _int(self.pack_size, MIN_PACK, MAX_PACK):
+            raise FormatError(f"config: unsupported pack size {self.pack_size!r}")
+
+
+def _int(v, lo: int, hi: int) -> bool:
+    """A JSON integer (not a bool or a float) in lo..hi."""
+    return type(v) is int and lo <= v <= hi
 
 
 __all__ = ["Config", "ChunkerParams"]

@@ -141,9 +141,20 @@ def _rewrite_config(repo: Repository, change) -> None:
         (lambda d: d.pop("pack_size"), "malformed"),
         (lambda d: d.update(chunker=[]), "malformed"),
         pytest.param(
-            lambda d: d.update(pack_size=float("inf")), "malformed",
+            lambda d: d.update(pack_size=float("inf")), "unsupported pack size",
             id="pack-size-infinity",
         ),
+        # found by fuzzing (tests/fuzz): values that got past the decoder and failed later
+        (lambda d: d.update(id="../../elsewhere"), "malformed repository id"),  # names the cache dir
+        (lambda d: d.update(id=7), "malformed repository id"),
+        (lambda d: d["chunker"].update(seed=-1), "unsupported chunker"),  # FastCDC: OverflowError
+        (lambda d: d["chunker"].update(seed=2**64), "unsupported chunker"),
+        (lambda d: d["chunker"].update(min=65.5), "unsupported chunker"),
+        (lambda d: d["chunker"].update(avg="1"), "unsupported chunker"),
+        (lambda d: d["compression"].update(level=23), "unsupported compression level 23"),  # zstd refuses
+        (lambda d: d["compression"].update(level=True), "unsupported compression level True"),
+        (lambda d: d.update(pack_size=2**62), "unsupported pack size"),  # packs are built in memory
+        (lambda d: d.update(pack_size=0), "unsupported pack size 0"),
     ],
 )
 def test_bad_config_refused(mem_repo, change, match):
