@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -408,6 +409,18 @@ def test_key_with_damaged_meta_is_still_listed(mem_repo, meta):
     assert reopen(mem_repo).master == mem_repo.master  # the key itself still opens
 
 
+@pytest.mark.parametrize(
+    "plain,host",
+    [(b"7", ""), (b"[]", ""), (b'{"host": 5, "user": ["x"]}', ""), (b'{"host": "box"}', "box"), (b"[" * 100_000, "")],
+)
+def test_key_meta_that_authenticates_but_is_nonsense(mem_repo, plain, host):
+    """Found by fuzzing (key_meta): a meta that opens but is not a JSON object broke ``lbk key list``."""
+    sealed = crypto.seal(mem_repo.master.encrypt, plain, b"lbk:keymeta")
+    _rewrite_key(mem_repo, lambda d: d.update(meta=base64.b64encode(sealed).decode()))
+    (info,) = mem_repo.list_keys()
+    assert (info.host, info.user, info.created) == (host, "", "")
+
+
 def _rewrite_key(repo: Repository, change) -> None:
     (h,) = [h for h in repo.backend.files if h.kind is FileKind.KEY]
     doc = json.loads(repo.backend.files[h])
@@ -425,19 +438,26 @@ def _rewrite_key(repo: Repository, change) -> None:
         (lambda d: d["kdf"].update(salt="AAAA"), FormatError),  # wrong salt length
         (lambda d: d["kdf"].update(ops="three"), FormatError),
         (lambda d: d.update(data=5), FormatError),
-        (lambda d: d["kdf"].update(ops=100), IntegrityError),  # implausible: refused, not run
-        (lambda d: d["kdf"].update(mem=1 << 40), IntegrityError),
+        (lambda d: d["kdf"].update(ops=100), FormatError),  # implausible: refused, not run
+        (lambda d: d["kdf"].update(mem=1 << 40), FormatError),
         pytest.param(
             lambda d: d["kdf"].update(ops=float("inf")),
             FormatError,
             id="ops-infinity",
         ),
+        # found by fuzzing (tests/fuzz): a KeyError escaped; a truncated key read as "wrong password"
+        (lambda d: d["kdf"].pop("salt"), FormatError),
+        (lambda d: d.pop("data"), FormatError),
+        (lambda d: d.update(data="AAAA"), FormatError),
+        (lambda d: d["kdf"].update(ops=1.5), FormatError),
+        (lambda d: d["kdf"].update(mem=True), FormatError),
     ],
 )
 def test_malformed_key_file_is_a_clear_error(mem_repo, change, error):
-    """Key files are the one unauthenticated structure: anything wrong is an LbkError."""
+    """Key files are the one unauthenticated structure: anything wrong is an LbkError
+    that names the key file."""
     _rewrite_key(mem_repo, change)
-    with pytest.raises(error):
+    with pytest.raises(error, match=f"^keys/{mem_repo.key_name}: "):
         reopen(mem_repo)
 
 
