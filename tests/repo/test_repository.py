@@ -601,6 +601,43 @@ def test_lock_staleness(host, pid, age, stale):
     assert info.is_stale(now) is stale
 
 
+GOOD_LOCK = {"version": 1, "host": "h", "pid": 7, "user": "u", "time": 1_800_000_000.5, "exclusive": False}
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        pytest.param(b"[" * 100_000, id="deep-nesting"),  # RecursionError escaped list_locks
+        pytest.param(json.dumps({**GOOD_LOCK, "time": 6641796602034.5}).encode(), id="time-year-212000"),
+        pytest.param(json.dumps({**GOOD_LOCK, "time": 1e400}).encode(), id="time-infinite"),
+        pytest.param(json.dumps({**GOOD_LOCK, "time": 10**400}).encode(), id="time-too-big-for-a-float"),
+        pytest.param(json.dumps({**GOOD_LOCK, "pid": 2**70}).encode(), id="pid-too-big-for-kill"),
+        pytest.param(json.dumps({**GOOD_LOCK, "pid": -1}).encode(), id="pid-negative"),
+        pytest.param(json.dumps({**GOOD_LOCK, "host": ["h"]}).encode(), id="host-not-a-string"),
+        pytest.param(json.dumps({**GOOD_LOCK, "exclusive": "no"}).encode(), id="exclusive-not-a-bool"),
+        pytest.param(b"7", id="not-an-object"),
+    ],
+)
+def test_lock_that_authenticates_but_is_nonsense_counts_as_damaged(mem_repo, plain):
+    """Found by fuzzing (tests/fuzz, target lock): such locks crashed every locker, or
+    ``describe`` and the staleness check later. Like an unreadable lock, they are stale."""
+    name = "cd" * 32
+    mem_repo.save_sealed(Handle(FileKind.LOCK, name), plain)
+    with pytest.raises(FormatError, match=f"^locks/{name}: malformed lock"):
+        lock_mod.decode_lock(plain, name)
+    (info,) = lock_mod.list_locks(mem_repo)
+    assert (info.name, info.host, info.is_stale()) == (name, "?", True)
+    with mem_repo.lock(exclusive=True):
+        pass
+    assert [i.name for i in lock_mod.remove_stale(mem_repo)] == [name]
+
+
+def test_lock_decodes(mem_repo):
+    info = lock_mod.decode_lock(json.dumps(GOOD_LOCK).encode(), "ab" * 32)
+    assert (info.host, info.pid, info.user, info.time, info.exclusive) == ("h", 7, "u", 1_800_000_000.5, False)
+    assert "shared lock by u@h pid 7" in info.describe()
+
+
 def test_live_exclusive_lock_is_not_removed_by_unlock(mem_repo):
     live = _plant_lock(mem_repo, exclusive=True)
     assert lock_mod.remove_stale(mem_repo) == []
