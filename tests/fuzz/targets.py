@@ -41,7 +41,7 @@ from lbk.backend.mem import MemoryBackend
 from lbk.cache import Cache
 from lbk.cli.context import parse_user_config
 from lbk.errors import FormatError, IntegrityError, LbkError, UsageError
-from lbk.model import KINDS, NODE_TYPES, Node, Snapshot, decode_tree, encode_tree, valid_name
+from lbk.model import KINDS, NODE_TYPES, SUMMARY_NUMBERS, Node, Snapshot, decode_tree, encode_tree, valid_name
 from lbk.ops.checkpoint import watch_paths_from_config
 from lbk.ops.image import image_json
 from lbk.ops.image_format import DATA_EXTENT, MAX_CHUNK, ZERO_EXTENT, Layout
@@ -261,13 +261,6 @@ def tree(data: bytes) -> None:
     content = [c for n in nodes if n.type == "file" for c in n.content]
     assert refs == (subtrees, content), "prune must see exactly what restore sees"
     assert decode_tree(encode_tree(nodes), what) == sorted(nodes, key=lambda n: n.name)
-
-
-SUMMARY_NUMBERS = (  # summary keys the listings format as numbers
-    "files_new", "files_changed", "files_unchanged", "dirs", "total_files", "total_bytes", "bytes_read",
-    "data_added", "data_added_stored", "errors", "duration", "image_size", "sector_size", "data_bytes",
-    "zero_bytes", "chunks", "stored_bytes", "captures",
-)
 
 
 def snapshot(data: bytes) -> None:
