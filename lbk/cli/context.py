@@ -42,10 +42,18 @@ def read_user_config() -> dict:
 
 
 def parse_user_config(raw: bytes, path: str) -> dict:
+    """The user config file's TOML; errors name ``path``."""
     try:
-        return tomllib.loads(raw.decode())
+        cfg = tomllib.loads(raw.decode())
+    except UnicodeDecodeError as e:
+        raise UsageError(f"cannot read {path}: not UTF-8 (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"cannot read {path}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"cannot read {path}: nested too deeply") from None
+    if not isinstance(cfg.get("repository", ""), str):
+        raise UsageError(f"cannot read {path}: repository must be a string (a path or URL)")
+    return cfg
 
 
 def write_user_config_value(key: str, value: str) -> None:
