@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 import zstandard
 
 from lbk.errors import FormatError
-from lbk.repo.pack import MAX_BLOB
 
 VERSION = 1
 MIN_LEVEL = -(1 << 17)  # zstd's fastest negative level
+# FastCDC 2020's ranges for min, avg and max (those pyfastcdc accepts), and the seed's
+CHUNKER_RANGES = ((64, 1 << 20), (256, 4 << 20), (1024, 16 << 20), (0, 2**64 - 1))
 MIN_PACK, MAX_PACK = 64 << 10, 1 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -85,8 +86,8 @@ class Config:
         if not isinstance(self.id, str) or not _HEX64.match(self.id):
             raise FormatError("config: malformed repository id")
         nums = (ch.min, ch.avg, ch.max, ch.seed)
-        if not (ch.alg == "fastcdc2020" and all(type(v) is int for v in nums)
-                and 64 <= ch.min <= ch.avg <= ch.max <= MAX_BLOB and 0 <= ch.seed < 2**64):
+        if not (ch.alg == "fastcdc2020" and all(type(v) is int for v in nums) and ch.min <= ch.avg <= ch.max
+                and all(lo <= v <= hi for v, (lo, hi) in zip(nums, CHUNKER_RANGES))):
             raise FormatError("config: unsupported chunker parameters")
         if not _int(self.compression_level, MIN_LEVEL, zstandard.MAX_COMPRESSION_LEVEL):
             raise FormatError(f"config: unsupported compression level {self.compression_level!r}")

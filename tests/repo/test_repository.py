@@ -152,6 +152,9 @@ def _rewrite_config(repo: Repository, change) -> None:
         (lambda d: d["chunker"].update(seed=2**64), "unsupported chunker"),
         (lambda d: d["chunker"].update(min=65.5), "unsupported chunker"),
         (lambda d: d["chunker"].update(avg="1"), "unsupported chunker"),
+        (lambda d: d["chunker"].update(avg=5 << 20), "unsupported chunker"),  # pyfastcdc: avg <= 4 MiB
+        (lambda d: d["chunker"].update(max=32 << 20), "unsupported chunker"),  # pyfastcdc: max <= 16 MiB
+        (lambda d: d["chunker"].update(min=2 << 20, avg=2 << 20), "unsupported chunker"),  # min <= 1 MiB
         (lambda d: d["compression"].update(level=23), "unsupported compression level 23"),  # zstd refuses
         (lambda d: d["compression"].update(level=True), "unsupported compression level True"),
         (lambda d: d.update(pack_size=2**62), "unsupported pack size"),  # packs are built in memory
