@@ -95,8 +95,11 @@ class Node:
         t = d.get("type")
         if t not in NODE_TYPES:
             raise FormatError(f"tree contains an unknown node type {_short(t)}")
-        sub = _typed(d, "subtree", (str, type(None)), None, name)
-        target = _typed(d, "target", str, "", name)
+        # the fields of other node types are ignored, as to_dict never writes them
+        is_file, is_dev = t == FILE, t in (CHARDEV, BLOCKDEV)
+        sub = _typed(d, "subtree", (str, type(None)), None, name) if t == DIR else None
+        target = _typed(d, "target", str, "", name) if t == SYMLINK else ""
+        other = {} if t == DIR else d
         xattrs = [(_b64(x, name), _b64(v, name)) for x, v in _typed(d, "xattrs", list, [], name)]
         if "\0" in target or any(not k or b"\0" in k for k, _ in xattrs):
             raise FormatError(f"tree node {name!r} has a NUL in its target or an invalid xattr name")
@@ -113,12 +116,12 @@ class Node:
             group=group,
             mtime_ns=_int(d, "mtime_ns", 0, *TIME_NS_RANGE, name),
             ctime_ns=_int(d, "ctime_ns", 0, *TIME_NS_RANGE, name),
-            size=_int(d, "size", 0, 0, 2**63, name),
-            inode=_int(d, "inode", 0, 0, 2**64, name),
-            dev=_int(d, "dev", 0, 0, 2**64, name),
-            nlink=_int(d, "nlink", 1, 0, 2**64, name),
-            rdev=_int(d, "rdev", 0, 0, 2**64, name),
-            content=[decode_id(c) for c in _typed(d, "content", list, [], name)],
+            size=_int(d, "size", 0, 0, 2**63, name) if is_file else 0,
+            inode=_int(other, "inode", 0, 0, 2**64, name),
+            dev=_int(other, "dev", 0, 0, 2**64, name),
+            nlink=_int(other, "nlink", 1, 0, 2**64, name),
+            rdev=_int(d, "rdev", 0, 0, 2**64, name) if is_dev else 0,
+            content=[decode_id(c) for c in _typed(d, "content", list, [], name)] if is_file else [],
             subtree=decode_id(sub) if sub is not None else None,
             target=os.fsencode(target),
             xattrs=xattrs,

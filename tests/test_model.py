@@ -72,6 +72,24 @@ def test_node_with_error_round_trip():
     assert decode_tree(encode_tree([node])) == [node]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"size": 9, "content": [CHUNK.hex()]},  # found by fuzzing (target tree): kept, then dropped on re-encoding
+        {"subtree": CHUNK.hex()},
+        {"rdev": 5, "target": "x"},
+    ],
+)
+def test_fields_of_other_node_types_are_ignored(extra):
+    """A symlink node carrying file fields decodes as what it is: a symlink (and encodes back
+    to the same bytes), as an unknown key would."""
+    doc = {"name": "l", "type": "symlink", "target": "t", "mode": 511, "uid": 0, "gid": 0, "mtime_ns": 0,
+           "ctime_ns": 0, "inode": 1, "dev": 2, "nlink": 1}
+    (node,) = decode_tree(json.dumps({"version": 1, "nodes": [{**doc, **extra, "target": "t"}]}).encode())
+    assert node == Node(name=b"l", type=SYMLINK, mode=0o777, target=b"t", inode=1, dev=2)
+    assert decode_tree(encode_tree([node])) == [node]
+
+
 def test_empty_dir_without_subtree_round_trip():
     node = Node(name=b"d", type=DIR, subtree=None)
     assert decode_tree(encode_tree([node])) == [node]
