@@ -80,7 +80,7 @@ def generate_seeds(workdir: str) -> dict[str, list[bytes]]:
         "        for data in items:\n"
         "            _write(os.path.join(sys.argv[1], target), data)\n"
     )
-    subprocess.run([sys.executable, "-c", code, out_dir], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", code, out_dir], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return {t: list(_files(os.path.join(out_dir, t)).values()) for t in target_names()}
 
 
