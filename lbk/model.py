@@ -133,6 +133,7 @@ class Node:
 # (2**32 - 1 means "leave unchanged"); os.utime and the log's dates need a time that
 # datetime can show: about the years 900 to 6300 (wider than any file system keeps).
 MAX_ID = 2**32 - 1
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 TIME_NS_RANGE = (-(2**35) * 10**9, 2**37 * 10**9)
 
 
@@ -163,8 +164,9 @@ def _b64(v, name: bytes) -> bytes:
 
 
 def decode_id(h) -> bytes:
-    """A blob id from its 64-hex form (ValueError or TypeError when it is not one)."""
-    if not isinstance(h, str) or len(h) != 64:
+    """A blob id from its 64 lower-case hex digits (ValueError when it is not one: note
+    that ``bytes.fromhex`` alone would skip spaces and give fewer than 32 bytes)."""
+    if not isinstance(h, str) or not _HEX64.match(h):
         raise ValueError(f"not a blob id: {_short(h)}")
     return bytes.fromhex(h)
 
@@ -296,8 +298,6 @@ def _of(v, t: type):
 def _list_of(v, t: type) -> list:
     return [_of(x, t) for x in _of(v, list)]
 
-
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 # summary keys that listings format as numbers (backup, image and watch summaries)
 SUMMARY_NUMBERS = (
     "files_new", "files_changed", "files_unchanged", "dirs", "total_files", "total_bytes", "bytes_read",

@@ -177,6 +177,9 @@ def fnode(**kw) -> dict:
         # decoded until the fuzzing work (tests/fuzz, target tree), then failed in restore, log or prune
         pytest.param(tree(fnode(content=["ab"])), id="content-id-short"),  # prune: not an id
         pytest.param(tree(fnode(content=["ab " * 21 + "a"])), id="content-id-with-spaces"),
+        pytest.param(tree(fnode(content=["ab" * 31 + " a"])), id="content-id-64-chars-31-bytes"),
+        pytest.param(tree(fnode(content=["AB" * 32])), id="content-id-upper-case"),
+        pytest.param(tree(fnode(type="dir", subtree="ab" * 31 + " a")), id="subtree-id-64-chars-31-bytes"),
         pytest.param(tree(fnode(type="dir", subtree="abcd")), id="subtree-id-short"),
         pytest.param(tree(fnode(type="dir", subtree="")), id="subtree-empty"),
         pytest.param(tree(fnode(uid=2**32)), id="uid-too-big-for-chown"),
@@ -298,6 +301,8 @@ def snap_doc(**kw) -> bytes:
         (snap_doc(host=5), "malformed"),
         (snap_doc(tags="abc"), "malformed"),
         (snap_doc(tree="ab" * 31), "malformed"),
+        # found by fuzzing (round 3, target snapshot): 64 characters with spaces are 31 bytes
+        (snap_doc(tree="45f0016def 9de29b4ce3d0016def 9de29b4ce3d3b5d7898a8e560b685cbba6"), "malformed"),
         (snap_doc(name=None), "malformed"),
     ],
 )

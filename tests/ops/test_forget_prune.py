@@ -442,6 +442,7 @@ _ID = "ab" * 32
         ([{"name": "d", "type": "dir", "subtree": "abcd"}], None),
         ([{"name": "d", "type": "dir", "subtree": ""}], None),
         ([{"name": "f", "type": "file", "content": ["ab " * 21 + "a"]}], None),
+        ([{"name": "f", "type": "file", "content": ["ab" * 31 + " a"]}], None),  # 64 characters, 31 bytes
     ],
 )
 def test_tree_references(nodes, refs):
