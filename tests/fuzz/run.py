@@ -113,10 +113,16 @@ def fuzz_one(target: str, seconds: int, workdir: str, generated: list[bytes], ar
         f"-max_total_time={seconds}", f"-timeout={args.timeout}", f"-rss_limit_mb={args.rss_mb}",
         f"-artifact_prefix={regdir}/", "-print_final_stats=1", f"-max_len={args.max_len}", corpus,
     ]
-    env = dict(os.environ, LBK_FUZZ_HEADROOM_MB=str(args.headroom_mb))
+    # libFuzzer ends the process without running atexit: the harnesses' scratch files go
+    # to a temporary directory of our own, removed here
+    tmp = tempfile.mkdtemp(prefix=f"{target}-", dir=workdir)
+    env = dict(os.environ, LBK_FUZZ_HEADROOM_MB=str(args.headroom_mb), TMPDIR=tmp)
     start = time.monotonic()
-    with open(log_path, "wb") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    try:
+        with open(log_path, "wb") as log:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - start
     with open(log_path, "rb") as f:
         text = f.read().decode(errors="replace")
