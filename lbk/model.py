@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from lbk.errors import FormatError
 
@@ -26,12 +28,6 @@ FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = (
 NODE_TYPES = {FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET}
 KINDS = ("backup", "live", "checkpoint", "pre-rollback", "image")
 MAX_NODES = 10_000_000
-# summary keys that docs/FORMAT.md defines as numbers (backups and images)
-SUMMARY_NUMBERS = ("files_new", "files_changed", "files_unchanged", "dirs", "total_files", "total_bytes",
-                   "bytes_read", "data_added", "data_added_stored", "errors", "duration", "image_size",
-                   "sector_size", "data_bytes", "zero_bytes", "chunks", "stored_bytes")
-_EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
-_LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 
 
 @dataclass(slots=True)
@@ -89,55 +85,90 @@ class Node:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Node":
-        name = os.fsencode(d["name"])
+        """Decode one node, refusing anything restore could not apply (docs/FORMAT.md,
+        "Trees"): every field has its JSON type and a range the system calls accept."""
+        if not isinstance(d, dict):
+            raise FormatError("tree contains a node that is not an object")
+        name = os.fsencode(_typed(d, "name", str, None, b"?"))
         if not valid_name(name):
             raise FormatError(f"tree contains an invalid file name {name!r}")
-        t = d["type"]
+        t = d.get("type")
         if t not in NODE_TYPES:
-            raise FormatError(f"tree contains an unknown node type {t!r}")
-        size = int(d.get("size", 0))
-        if size < 0:
-            raise FormatError(f"tree node {name!r} has a negative size")
-        sub = d.get("subtree")
-        return _plausible(cls(
+            raise FormatError(f"tree contains an unknown node type {_short(t)}")
+        # the fields of other node types are ignored, as to_dict never writes them
+        is_file, is_dev = t == FILE, t in (CHARDEV, BLOCKDEV)
+        sub = _typed(d, "subtree", (str, type(None)), None, name) if t == DIR else None
+        target = _typed(d, "target", str, "", name) if t == SYMLINK else ""
+        other = {} if t == DIR else d
+        xattrs = [(_b64(x, name), _b64(v, name)) for x, v in _typed(d, "xattrs", list, [], name)]
+        if "\0" in target or any(not k or b"\0" in k for k, _ in xattrs):
+            raise FormatError(f"tree node {name!r} has a NUL in its target or an invalid xattr name")
+        user, group = _typed(d, "user", str, "", name), _typed(d, "group", str, "", name)
+        if "\0" in user + group:
+            raise FormatError(f"tree node {name!r} has a NUL in its owner name")
+        return cls(
             name=name,
             type=t,
-            mode=int(d.get("mode", 0)) & 0o7777,
-            uid=int(d.get("uid", 0)),
-            gid=int(d.get("gid", 0)),
-            user=str(d.get("user", "")),
-            group=str(d.get("group", "")),
-            mtime_ns=int(d.get("mtime_ns", 0)),
-            ctime_ns=int(d.get("ctime_ns", 0)),
-            size=size,
-            inode=int(d.get("inode", 0)),
-            dev=int(d.get("dev", 0)),
-            nlink=int(d.get("nlink", 1)),
-            rdev=int(d.get("rdev", 0)),
-            content=[bytes.fromhex(c) for c in d.get("content", ())],
-            subtree=bytes.fromhex(sub) if sub else None,
-            target=os.fsencode(d.get("target", "")),
-            xattrs=[(base64.b64decode(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())],
-            error=str(d.get("error", "")),
-        ))
+            mode=_int(d, "mode", 0, 0, 2**32, name) & 0o7777,
+            uid=_int(d, "uid", 0, 0, MAX_ID, name),
+            gid=_int(d, "gid", 0, 0, MAX_ID, name),
+            user=user,
+            group=group,
+            mtime_ns=_int(d, "mtime_ns", 0, *TIME_NS_RANGE, name),
+            ctime_ns=_int(d, "ctime_ns", 0, *TIME_NS_RANGE, name),
+            size=_int(d, "size", 0, 0, 2**63, name) if is_file else 0,
+            inode=_int(other, "inode", 0, 0, 2**64, name),
+            dev=_int(other, "dev", 0, 0, 2**64, name),
+            nlink=_int(other, "nlink", 1, 0, 2**64, name),
+            rdev=_int(d, "rdev", 0, 0, 2**64, name) if is_dev else 0,
+            content=[decode_id(c) for c in _typed(d, "content", list, [], name)] if is_file else [],
+            subtree=decode_id(sub) if sub is not None else None,
+            target=os.fsencode(target),
+            xattrs=xattrs,
+            error=_typed(d, "error", str, "", name),
+        )
 
 
-_U32, _I64, _U64 = (0, 2**32 - 1), (-(2**63), 2**63 - 1), (0, 2**64 - 1)
-_RANGES = {"uid": _U32, "gid": _U32, "mtime_ns": _I64, "ctime_ns": _I64, "size": (0, 2**63 - 1),
-           "inode": _U64, "dev": _U64, "nlink": _U64, "rdev": _U64}
+# Ranges the system calls restore makes accept: os.chown takes ids up to 2**32 - 2
+# (2**32 - 1 means "leave unchanged"); os.utime and the log's dates need a time that
+# datetime can show: about the years 900 to 6300 (wider than any file system keeps).
+MAX_ID = 2**32 - 1
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+TIME_NS_RANGE = (-(2**35) * 10**9, 2**37 * 10**9)
 
 
-def _plausible(n: Node) -> Node:
-    """Refuse what no file system holds: numbers that overflow the system calls of a
-    restore, NUL bytes (which no path, user name or xattr name can contain), bad ids."""
-    for f, (lo, hi) in _RANGES.items():
-        if not lo <= getattr(n, f) <= hi:
-            raise FormatError(f"tree node {n.name!r} has an implausible {f}")
-    if b"\0" in n.target or "\0" in n.user + n.group or any(not k or b"\0" in k for k, _ in n.xattrs):
-        raise FormatError(f"tree node {n.name!r} has a NUL byte in its link target, owner or an xattr name")
-    if any(len(c) != 32 for c in n.content) or (n.subtree is not None and len(n.subtree) != 32):
-        raise FormatError(f"tree node {n.name!r} has an invalid blob id")
-    return n
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _typed(d: dict, key: str, types, default, name: bytes):
+    v = d.get(key, default)
+    if not isinstance(v, types):
+        raise FormatError(f"tree node {name!r} has an invalid {key} {_short(v)}")
+    return v
+
+
+def _int(d: dict, key: str, default: int, lo: int, hi: int, name: bytes) -> int:
+    """A JSON integer (not a bool or a float) with lo <= v < hi."""
+    v = d.get(key, default)
+    if type(v) is not int or not lo <= v < hi:
+        raise FormatError(f"tree node {name!r} has an invalid {key} {_short(v)}")
+    return v
+
+
+def _b64(v, name: bytes) -> bytes:
+    if not isinstance(v, str):
+        raise FormatError(f"tree node {name!r} has an invalid xattr {_short(v)}")
+    return base64.b64decode(v, validate=True)
+
+
+def decode_id(h) -> bytes:
+    """A blob id from its 64 lower-case hex digits (ValueError when it is not one: note
+    that ``bytes.fromhex`` alone would skip spaces and give fewer than 32 bytes)."""
+    if not isinstance(h, str) or not _HEX64.match(h):
+        raise ValueError(f"not a blob id: {_short(h)}")
+    return bytes.fromhex(h)
 
 
 def valid_name(name: bytes) -> bool:
@@ -216,33 +247,64 @@ class Snapshot:
             t = datetime.fromisoformat(doc["time"])
             if t.tzinfo is None:
                 raise FormatError(f"{what}: time without offset")
-            if not _EARLIEST <= t <= _LATEST:  # any time zone can still show it
-                raise FormatError(f"{what}: implausible time {doc['time']!r}")
-            if not isinstance(doc["paths"], list) or not isinstance(doc.get("tags", []), list):
-                raise FormatError(f"{what}: malformed snapshot (paths and tags must be lists)")
-            summary = dict(doc.get("summary", {}))
-            if any(k in summary and (type(summary[k]) not in (int, float)) for k in SUMMARY_NUMBERS):
-                raise FormatError(f"{what}: malformed snapshot summary")
-            return cls(
+            t.astimezone(), t.timestamp()  # a date every listing can show
+            snap = cls(
                 time=t,
-                tree=bytes.fromhex(doc["tree"]),
-                paths=[os.fsencode(p) for p in doc["paths"]],
-                host=str(doc["host"]),
-                user=str(doc["user"]),
-                uid=int(doc.get("uid", 0)),
-                gid=int(doc.get("gid", 0)),
-                kind=str(doc.get("kind", "backup")),
-                name=str(doc.get("name", "")),
-                tags=[str(t) for t in doc.get("tags", [])],
-                parent=str(doc.get("parent", "")),
-                summary=summary,
+                tree=decode_id(doc["tree"]),
+                paths=[os.fsencode(p) for p in _list_of(doc["paths"], str)],
+                host=_of(doc["host"], str),
+                user=_of(doc["user"], str),
+                uid=_of(doc.get("uid", 0), int),
+                gid=_of(doc.get("gid", 0), int),
+                kind=_of(doc.get("kind", "backup"), str),
+                name=_of(doc.get("name", ""), str),
+                tags=_list_of(doc.get("tags", []), str),
+                parent=_of(doc.get("parent", ""), str),
+                summary=_of(doc.get("summary", {}), dict),
                 id=snap_id,
             )
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError, OSError):
             raise FormatError(f"{what}: malformed snapshot") from None
+        snap._check(what)
+        return snap
 
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+    def _check(self, what: str) -> None:
+        """What listings, the catalog and restore rely on (docs/FORMAT.md, "Snapshots")."""
+        if self.kind not in KINDS:
+            raise FormatError(f"{what}: unknown snapshot kind {_short(self.kind)}")
+        if not all(p.startswith(b"/") and b"\0" not in p for p in self.paths):
+            raise FormatError(f"{what}: a path is not absolute")
+        if not (0 <= self.uid <= MAX_ID and 0 <= self.gid <= MAX_ID):
+            raise FormatError(f"{what}: invalid uid or gid")
+        if self.parent and not _HEX64.match(self.parent):
+            raise FormatError(f"{what}: invalid parent {_short(self.parent)}")
+        for k in SUMMARY_NUMBERS:
+            v = self.summary.get(k, 0)
+            if type(v) not in (int, float) or not math.isfinite(v):
+                raise FormatError(f"{what}: summary {k} is not a number")
+
+
+def _of(v, t: type):
+    """``v`` when it has JSON type ``t`` (a bool is not an int), else TypeError."""
+    if type(v) is not t:
+        raise TypeError(f"expected {t.__name__}")
+    return v
+
+
+def _list_of(v, t: type) -> list:
+    return [_of(x, t) for x in _of(v, list)]
+
+
+# summary keys that listings format as numbers (backup, image and watch summaries)
+SUMMARY_NUMBERS = (
+    "files_new", "files_changed", "files_unchanged", "dirs", "total_files", "total_bytes", "bytes_read",
+    "data_added", "data_added_stored", "errors", "duration", "image_size", "sector_size", "data_bytes",
+    "zero_bytes", "chunks", "stored_bytes", "captures",
+)
+

@@ -11,6 +11,7 @@ from lbk.cli.context import read_user_config
 from lbk.cli.main import command, settings
 from lbk.cli.params import PATH_BYTES
 from lbk.errors import UsageError
+from lbk.ops.checkpoint import watch_paths_from_config
 from lbk.ops.excludes import read_exclude_file
 from lbk.repo.repository import Repository
 from lbk.watch.daemon import Watcher, WatchOptions, install_signal_handlers
@@ -59,10 +60,9 @@ def watch_cmd(paths, debounce, max_delay, commit_interval, rescan, excludes, exc
     """
     s = settings()
     if not paths:
-        configured = read_user_config().get("watch_paths") or []
-        if not configured:
+        paths = tuple(watch_paths_from_config(read_user_config()))
+        if not paths:
             raise UsageError("no paths to watch: give PATHS or set watch_paths in the config file")
-        paths = tuple(os.fsencode(os.path.expanduser(p)) for p in configured)
     patterns = list(excludes)
     for f in exclude_files:
         patterns += read_exclude_file(f)

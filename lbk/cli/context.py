@@ -37,13 +37,30 @@ def default_repository_path() -> str:
 
 
 def read_user_config() -> dict:
+    path = config_path()
     try:
-        with open(config_path(), "rb") as f:
-            return tomllib.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read {config_path()}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    return parse_user_config(raw, path)
+
+
+def parse_user_config(raw: bytes, path: str) -> dict:
+    """The user config file's TOML; errors name ``path``."""
+    try:
+        cfg = tomllib.loads(raw.decode())
+    except UnicodeDecodeError as e:
+        raise UsageError(f"cannot read {path}: not UTF-8 (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"cannot read {path}: nested too deeply") from None
+    if not isinstance(cfg.get("repository", ""), str):
+        raise UsageError(f"cannot read {path}: repository must be a string (a path or URL)")
+    return cfg
 
 
 def write_user_config_value(key: str, value: str) -> None:

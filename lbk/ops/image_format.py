@@ -117,7 +117,7 @@ class Layout:
             meta = json.loads(data[pos : pos + meta_len])
         except (ValueError, RecursionError):
             raise FormatError(f"{what}: malformed metadata") from None
-        if not isinstance(meta, dict):
+        if not isinstance(meta, dict) or not _meta_shaped(meta):
             raise FormatError(f"{what}: malformed metadata")
         pos += meta_len
         kinds = bytearray(data[pos : pos + n])
@@ -137,6 +137,27 @@ class Layout:
         if total != size:
             raise FormatError(f"{what}: extents do not add up to the image size {size}")
         return cls(size, sector, meta, kinds, lengths)
+
+
+def _meta_shaped(m: dict) -> bool:
+    """The meta keys that ``lbk image info`` shows have the types it formats (docs/FORMAT.md,
+    "meta"); unknown keys are ignored."""
+    def text(v) -> bool:
+        return isinstance(v, str)
+
+    table = m.get("partition_table")
+    fss = m.get("filesystems", [])
+    return (
+        text(m.get("source", "")) and text(m.get("source_type", ""))
+        and (table is None or (isinstance(table, dict) and text(table.get("dump", ""))))
+        and isinstance(fss, list)
+        and all(
+            isinstance(fs, dict) and type(fs.get("offset")) is int
+            and (fs.get("partition") is None or text(fs["partition"]))
+            and isinstance(fs.get("blkid"), dict) and all(text(v) for v in fs["blkid"].values())
+            for fs in fss
+        )
+    )
 
 
 # -- trees ----------------------------------------------------------------------------------

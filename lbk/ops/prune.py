@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from lbk.backend.base import FileKind, Handle
 from lbk.errors import IntegrityError, FormatError, BackendError, LbkError, UsageError
 from lbk.events import Emit, Progress, discard
-from lbk.model import DIR, FILE, TREE_VERSION, Snapshot
+from lbk.model import DIR, FILE, TREE_VERSION, Snapshot, decode_id
 from lbk.repo.pack import TREE, PackEntry
 from lbk.repo.repository import Repository, remove_files
 from lbk.repo.snapshots import load_all
@@ -171,10 +171,10 @@ def tree_references(data: bytes, what: str) -> tuple[list[bytes], list[bytes]]:
         for d in doc["nodes"]:
             t = d["type"]
             if t == DIR:
-                if d.get("subtree"):
-                    subtrees.append(bytes.fromhex(d["subtree"]))
+                if d.get("subtree") is not None:
+                    subtrees.append(decode_id(d["subtree"]))
             elif t == FILE:
-                content.extend(bytes.fromhex(c) for c in d.get("content", ()))
+                content.extend(decode_id(c) for c in d.get("content", ()))
         return subtrees, content
     except FormatError:
         raise

@@ -45,19 +45,26 @@ def compress(data: bytes | memoryview, level: int) -> bytes:
 
 
 def decompress(payload: bytes, max_size: int, what: str) -> bytes:
+    """The data of a payload, never more than ``max_size`` bytes (nor memory beyond that).
+
+    A zstd frame header may claim any content size, and zstandard allocates what the
+    header claims whatever ``max_output_size`` says, so the claim is checked first; a
+    frame without a claim is decompressed into at most ``max_size`` bytes. Anything after
+    the one frame is refused: writers never put it there."""
     if not payload:
         raise FormatError(f"{what}: empty payload")
     flag = payload[0]
     if flag == RAW:
+        if len(payload) - 1 > max_size:
+            raise FormatError(f"{what}: {len(payload) - 1} bytes where at most {max_size} are expected")
         return payload[1:]
     if flag == ZSTD:
+        body = payload[1:]
         try:
-            # the library allocates whatever a frame header claims, whatever max_output_size
-            # says: refuse a claim above the bound before decompressing
-            claimed = zstandard.frame_content_size(payload[1:])
+            claimed = zstandard.frame_content_size(body)
             if claimed > max_size:
-                raise FormatError(f"{what}: compressed data claims {claimed} bytes, more than the {max_size} expected")
-            return _decompressor().decompress(payload[1:], max_output_size=max_size)
+                raise FormatError(f"{what}: compressed data claims {claimed} bytes where at most {max_size} are expected")
+            return _decompressor().decompress(body, max_output_size=max_size, allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise FormatError(f"{what}: corrupt compressed data ({e})") from None
     raise FormatError(f"{what}: unknown compression flag {flag}")

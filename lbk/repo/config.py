@@ -19,11 +19,16 @@ import re
 import secrets
 from dataclasses import asdict, dataclass
 
+import zstandard
+
 from lbk.errors import FormatError
 
 VERSION = 1
-MAX_PACK_SIZE = 1 << 30
-_ID = re.compile(r"[0-9a-f]{64}")
+MIN_LEVEL = -(1 << 17)  # zstd's fastest negative level
+# FastCDC 2020's ranges for min, avg and max (those pyfastcdc accepts), and the seed's
+CHUNKER_RANGES = ((64, 1 << 20), (256, 4 << 20), (1024, 16 << 20), (0, 2**64 - 1))
+MIN_PACK, MAX_PACK = 64 << 10, 1 << 30
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 @dataclass
@@ -64,26 +69,35 @@ class Config:
             if doc.get("version") != VERSION:
                 raise FormatError(f"config: unknown repository version {doc.get('version')!r}")
             ch = ChunkerParams(**doc["chunker"])
-            if ch.alg != "fastcdc2020" or not (64 <= ch.min <= ch.avg <= ch.max <= 64 << 20):
-                raise FormatError("config: unsupported chunker parameters")
             comp = doc["compression"]
             if comp.get("alg") != "zstd":
                 raise FormatError(f"config: unknown compression {comp.get('alg')!r}")
-            cfg = cls(
-                id=str(doc["id"]),
-                chunker=ch,
-                compression_level=int(comp["level"]),
-                pack_size=int(doc["pack_size"]),
-            )
-            # the id names the cache directory; the others are handed to zstd, FastCDC and
-            # the pack writer (a huge pack size would hold a whole backup in memory)
-            if not _ID.fullmatch(cfg.id) or not 0 <= ch.seed < 2**64:
-                raise FormatError("config: invalid repository id or chunker seed")
-            if not -(1 << 17) <= cfg.compression_level <= 22 or not 1 <= cfg.pack_size <= MAX_PACK_SIZE:
-                raise FormatError("config: compression level or pack size out of range")
-            return cfg
+            cfg = cls(id=doc["id"], chunker=ch, compression_level=comp["level"], pack_size=doc["pack_size"])
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise FormatError("config: malformed") from None
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        """Refuse values the writers cannot use (docs/FORMAT.md, "Config"): the id names the
+        cache directory, the chunker and compressor take the numbers as C integers, and a
+        pack is held in memory until it reaches ``pack_size``."""
+        ch = self.chunker
+        if not isinstance(self.id, str) or not _HEX64.match(self.id):
+            raise FormatError("config: malformed repository id")
+        nums = (ch.min, ch.avg, ch.max, ch.seed)
+        if not (ch.alg == "fastcdc2020" and all(type(v) is int for v in nums) and ch.min <= ch.avg <= ch.max
+                and all(lo <= v <= hi for v, (lo, hi) in zip(nums, CHUNKER_RANGES))):
+            raise FormatError("config: unsupported chunker parameters")
+        if not _int(self.compression_level, MIN_LEVEL, zstandard.MAX_COMPRESSION_LEVEL):
+            raise FormatError(f"config: unsupported compression level {self.compression_level!r}")
+        if not _int(self.pack_size, MIN_PACK, MAX_PACK):
+            raise FormatError(f"config: unsupported pack size {self.pack_size!r}")
+
+
+def _int(v, lo: int, hi: int) -> bool:
+    """A JSON integer (not a bool or a float) in lo..hi."""
+    return type(v) is int and lo <= v <= hi
 
 
 __all__ = ["Config", "ChunkerParams"]

@@ -88,8 +88,12 @@ KDF_MEM_FAST = nacl.pwhash.argon2id.MEMLIMIT_MIN
 SALT = nacl.pwhash.argon2id.SALTBYTES
 
 
+KDF_OPS_MAX = 64  # accepted when reading a key file (docs/FORMAT.md): anything more is implausible
+KDF_MEM_MAX = 4 << 30
+
+
 def derive_key(password: bytes, salt: bytes, ops: int, mem: int) -> bytes:
-    if not (KDF_OPS_FAST <= ops <= 64 and KDF_MEM_FAST <= mem <= 4 << 30):
+    if not (KDF_OPS_FAST <= ops <= KDF_OPS_MAX and KDF_MEM_FAST <= mem <= KDF_MEM_MAX):
         raise IntegrityError(f"key file has implausible KDF parameters (ops={ops}, mem={mem})")
     return nacl.pwhash.argon2id.kdf(KEY, password, salt, opslimit=ops, memlimit=mem)
 

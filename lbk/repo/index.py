@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from lbk.errors import FormatError
-from lbk.repo.pack import BLOB_TYPES, MAX_BLOB, PackEntry
+from lbk.repo.pack import BLOB_TYPES, MAX_BLOB, PackEntry, valid_sealed_length
 
 VERSION = 1
 _BLOB = struct.Struct("<B32sIII")
@@ -76,7 +76,7 @@ def decode(data: bytes, what: str) -> tuple[list[str], dict[str, list[PackEntry]
             for _ in range(n):
                 t, bid, off, length, raw = _BLOB.unpack_from(data, pos)
                 pos += _BLOB.size
-                if t not in BLOB_TYPES or raw > MAX_BLOB:
+                if t not in BLOB_TYPES or not valid_sealed_length(length) or raw > MAX_BLOB:
                     raise FormatError(f"{what}: invalid entry")
                 entries.append(PackEntry(t, bid, off, length, raw))
             packs[pack_id] = entries

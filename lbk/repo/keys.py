@@ -74,33 +74,61 @@ def _parse(raw: bytes, what: str) -> dict:
         raise FormatError(f"{what}: malformed key file") from None
 
 
-def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
-    """The master key if ``password`` opens this key file, else None."""
+@dataclass(frozen=True)
+class KeyFile:
+    """A parsed key file: the KDF parameters and the sealed master key (still locked)."""
+
+    salt: bytes
+    ops: int
+    mem: int
+    sealed: bytes
+
+
+def parse_key_file(raw: bytes, what: str) -> KeyFile:
+    """Parse a key file without running the KDF."""
     doc = _parse(raw, what)
     kdf = doc["kdf"]
     try:
         salt = base64.b64decode(kdf["salt"], validate=True)
         sealed = base64.b64decode(doc["data"], validate=True)
-        kek = crypto.derive_key(password, salt, int(kdf["ops"]), int(kdf["mem"]))
-    except (ValueError, TypeError, OverflowError):
+        ops, mem = kdf["ops"], kdf["mem"]
+    except (ValueError, TypeError, KeyError):
         raise FormatError(f"{what}: malformed key file") from None
-    except (IntegrityError, RuntimeError, MemoryError) as e:  # implausible parameters; memory refused
+    if len(salt) != crypto.SALT or len(sealed) != crypto.OVERHEAD + 2 * crypto.KEY:
+        raise FormatError(f"{what}: malformed key file (salt or key of the wrong length)")
+    if not (type(ops) is int and type(mem) is int and crypto.KDF_OPS_FAST <= ops <= crypto.KDF_OPS_MAX
+            and crypto.KDF_MEM_FAST <= mem <= crypto.KDF_MEM_MAX):
+        raise FormatError(f"{what}: implausible KDF parameters (ops={ops!r}, mem={mem!r})")
+    return KeyFile(salt, ops, mem, sealed)
+
+
+def try_open(raw: bytes, password: bytes, what: str) -> MasterKey | None:
+    """The master key if ``password`` opens this key file, else None."""
+    kf = parse_key_file(raw, what)
+    try:
+        kek = crypto.derive_key(password, kf.salt, kf.ops, kf.mem)
+    except (IntegrityError, RuntimeError, MemoryError) as e:  # memory refused by the system
         raise FormatError(f"{what}: cannot derive its key ({e or type(e).__name__})") from None
     try:
-        return MasterKey.from_bytes(crypto.open_sealed(kek, sealed, b"lbk:key", what))
+        return MasterKey.from_bytes(crypto.open_sealed(kek, kf.sealed, b"lbk:key", what))
     except IntegrityError:
         return None
 
 
 def describe(name: str, raw: bytes, master: MasterKey) -> KeyInfo:
+    """What ``lbk key list`` shows; the metadata is informational, so damaged metadata
+    shows as empty fields rather than failing the listing."""
     doc = _parse(raw, f"keys/{name}")
     try:
         meta = json.loads(
             crypto.open_sealed(master.encrypt, base64.b64decode(doc["meta"]), b"lbk:keymeta", f"keys/{name}")
         )
-    except (ValueError, KeyError, TypeError, AttributeError, IntegrityError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, IntegrityError):
         meta = {}
-    return KeyInfo(name, meta.get("created", ""), meta.get("host", ""), meta.get("user", ""))
+    if not isinstance(meta, dict):
+        meta = {}
+    field = lambda k: v if isinstance(v := meta.get(k), str) else ""  # noqa: E731
+    return KeyInfo(name, field("created"), field("host"), field("user"))
 
 
 def current_user() -> str:

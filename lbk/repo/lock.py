@@ -25,6 +25,7 @@ from lbk.errors import FormatError, IntegrityError, LockFailed
 REFRESH = 300.0
 STALE = 1800.0
 RECHECK_DELAY = 0.1
+MIN_TIME, MAX_TIME = 0, 2**37  # seconds since the epoch that a lock's time may hold (a date `describe` can show)
 
 
 @dataclass
@@ -172,19 +173,32 @@ class Lock:
         self.release()
 
 
+def decode_lock(payload: bytes, name: str) -> LockInfo:
+    """A lock file's plaintext; FormatError naming the lock when a field has the wrong type
+    or a value the staleness check cannot use (a pid ``os.kill`` refuses, a time that is
+    not a date)."""
+    what = f"locks/{name}"
+    try:
+        doc = json.loads(payload)
+        info = LockInfo(name, doc["host"], doc["pid"], doc.get("user", ""), doc["time"], doc["exclusive"])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise FormatError(f"{what}: malformed lock") from None
+    if not (isinstance(info.host, str) and isinstance(info.user, str) and type(info.exclusive) is bool
+            and type(info.pid) is int and 0 < info.pid < 2**31 and type(info.time) in (int, float)
+            and MIN_TIME <= info.time < MAX_TIME):
+        raise FormatError(f"{what}: malformed lock")
+    return info
+
+
 def list_locks(repo) -> list[LockInfo]:
     out = []
     for fi in repo.backend.list(FileKind.LOCK):
         h = Handle(FileKind.LOCK, fi.name)
         try:
-            doc = json.loads(repo.load_sealed(h))
-            out.append(
-                LockInfo(fi.name, str(doc["host"]), int(doc["pid"]), str(doc.get("user", "")),
-                         float(doc["time"]), bool(doc["exclusive"]))
-            )
+            out.append(decode_lock(repo.load_sealed(h), fi.name))
         except NotFound:
             continue  # released meanwhile
-        except (IntegrityError, FormatError, ValueError, KeyError, TypeError):
+        except (IntegrityError, FormatError):
             # damaged lock: it can protect nothing, so it is reported as stale
             out.append(LockInfo(fi.name, "?", 0, "?", 0.0, True))
     return out

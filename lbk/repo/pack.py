@@ -26,6 +26,13 @@ _HEAD = struct.Struct("<BI")
 _TRAILER = struct.Struct("<I")
 HEADER_VERSION = 1
 MAX_BLOB = 64 * 1024 * 1024  # no blob of ours comes close; bounds hostile lengths
+MAX_SEALED = MAX_BLOB + crypto.OVERHEAD + 1  # a sealed payload (flag byte + data) of the largest blob
+
+
+def valid_sealed_length(length: int) -> bool:
+    """Whether a blob's stored length is possible: at least the nonce and tag, and at most
+    the largest blob sealed uncompressed (this bounds what a reader loads for one blob)."""
+    return crypto.OVERHEAD <= length <= MAX_SEALED
 
 
 def blob_ad(blob_type: int, blob_id: bytes) -> bytes:
@@ -79,7 +86,12 @@ def header_length(tail: bytes, pack_size: int, what: str) -> int:
 
 
 def parse_header(key: bytes, sealed: bytes, header_offset: int, what: str) -> list[PackEntry]:
-    plain = crypto.open_sealed(key, sealed, b"lbk:packheader", what)
+    """Open a pack's sealed header and parse it (``parse_header_plain``)."""
+    return parse_header_plain(crypto.open_sealed(key, sealed, b"lbk:packheader", what), header_offset, what)
+
+
+def parse_header_plain(plain: bytes, header_offset: int, what: str) -> list[PackEntry]:
+    """Parse an opened pack header; the blobs' lengths must add up to ``header_offset``."""
     if len(plain) < _HEAD.size:
         raise FormatError(f"{what}: header too short")
     version, count = _HEAD.unpack_from(plain)
@@ -90,7 +102,7 @@ def parse_header(key: bytes, sealed: bytes, header_offset: int, what: str) -> li
     entries, offset = [], 0
     for i in range(count):
         t, bid, length, raw = _ENTRY.unpack_from(plain, _HEAD.size + i * _ENTRY.size)
-        if t not in BLOB_TYPES or length < crypto.OVERHEAD or raw > MAX_BLOB:
+        if t not in BLOB_TYPES or not valid_sealed_length(length) or raw > MAX_BLOB:
             raise FormatError(f"{what}: invalid header entry {i}")
         entries.append(PackEntry(t, bid, offset, length, raw))
         offset += length

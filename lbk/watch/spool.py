@@ -32,7 +32,19 @@ from lbk.fsutil import wipe_file, write_atomic
 from lbk.errors import LbkError
 
 _MIRRORED = (FileKind.CONFIG, FileKind.KEY, FileKind.INDEX)
-_SPOOL_NAME = re.compile(r"(\d{12})\.([a-z]+)\.([0-9a-f]{64}|config)\Z")
+_SPOOL_NAME = re.compile(r"([0-9]{12})\.([a-z]+)\.([0-9a-f]{64}|config)\Z")
+
+
+def parse_spool_name(name: str) -> tuple[int, Handle] | None:
+    """(sequence number, repository file) of a spooled file's name; None for any other
+    name (temporary files, or anything that is not a name lbk writes: it is left alone)."""
+    m = _SPOOL_NAME.match(name)
+    if not m:
+        return None
+    try:
+        return int(m.group(1)), Handle(FileKind(m.group(2)), m.group(3))
+    except ValueError:  # not a kind, or a name that kind cannot have ("data.config")
+        return None
 
 
 class SpoolFull(LbkError):
@@ -54,15 +66,15 @@ class SpoolingBackend:
         for f in os.listdir(self.spool_dir):  # leftovers of a crash mid-write
             if ".tmp-" in f:
                 os.unlink(os.path.join(self.spool_dir, f))
-        self._seq = max((int(m.group(1)) for m in map(_SPOOL_NAME.match, os.listdir(self.spool_dir)) if m), default=0)
+        self._seq = max((p[0] for p in map(parse_spool_name, os.listdir(self.spool_dir)) if p), default=0)
 
     # -- spool bookkeeping ---------------------------------------------------------
     def spooled(self) -> list[tuple[int, Handle, str]]:
         out = []
         for f in os.listdir(self.spool_dir):
-            m = _SPOOL_NAME.match(f)
-            if m:
-                out.append((int(m.group(1)), Handle(FileKind(m.group(2)), m.group(3)), os.path.join(self.spool_dir, f)))
+            p = parse_spool_name(f)
+            if p:
+                out.append((p[0], p[1], os.path.join(self.spool_dir, f)))
         return sorted(out, key=lambda t: t[0])
 
     def spool_usage(self) -> tuple[int, int, float | None]:

@@ -58,13 +58,47 @@ def load_states(cache_root: str) -> list[WatchState]:
     for p in sorted(glob.glob(os.path.join(cache_root, "watch-*", "state.json"))):
         try:
             with open(p, "rb") as f:
-                doc = json.load(f)
-            if doc.get("version") != STATE_VERSION:
-                continue
-            out.append(WatchState(**{k: v for k, v in doc.items() if k in WatchState.__dataclass_fields__}))
-        except (OSError, ValueError, TypeError):
+                st = decode_state(f.read())
+        except OSError:
             continue
+        if st is not None:
+            out.append(st)
     return out
+
+
+_TYPES = {"pid": int, "repository": str, "paths": list, "started": float, "updated": float, "phase": str,
+          "online": bool, "last_commit": float, "last_snapshot": str, "commits": int, "captures": int,
+          "pending": int, "spool_files": int, "spool_bytes": int, "oldest_unsynced": float,
+          "last_error": str, "last_error_time": float}
+_OPTIONAL = {"last_commit", "last_snapshot", "oldest_unsynced", "last_error", "last_error_time"}
+MAX_TIME = 2**37  # seconds: a date `lbk status` can show
+
+
+def decode_state(raw: bytes) -> WatchState | None:
+    """A state file's contents, or None when it is damaged or of another version (a state
+    file is a hint for ``lbk status``; a damaged one is skipped like a missing one)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+        return None
+    fields = {k: v for k, v in doc.items() if k in _TYPES}
+    for k, v in fields.items():
+        t = _TYPES[k]
+        if v is None and k in _OPTIONAL:
+            continue
+        if t is float:
+            ok = type(v) in (int, float) and 0 <= v < MAX_TIME
+        elif t is int:
+            ok = type(v) is int and 0 <= v < 2**63 and (k != "pid" or v < 2**31)
+        elif t is list:
+            ok = type(v) is list and all(type(p) is str for p in v)
+        else:
+            ok = type(v) is t
+        if not ok:
+            return None
+    return WatchState(**fields)
 
 
 def is_running(st: WatchState) -> bool:

@@ -127,6 +127,27 @@ def test_no_repository_configured(lbk):
     assert "no repository given" in one_line_error(res)
 
 
+@pytest.mark.parametrize(
+    "content,args,msg",
+    [
+        # found by fuzzing (tests/fuzz, target user_config): a UnicodeDecodeError escaped
+        (b'repository = "/srv/\xe9"\n', ["snapshots"], "not UTF-8"),
+        (b"x = " + b"[" * 5000, ["snapshots"], "nested too deeply"),  # RecursionError in tomllib
+        (b"repository = 5\n", ["snapshots"], "repository must be a string"),
+        (b"repository = [\n", ["snapshots"], "cannot read"),
+        (b"watch_paths = 5\n", ["watch"], "watch_paths in config.toml must be a list"),  # TypeError in watch
+    ],
+    ids=["not-utf8", "deep-nesting", "repository-not-a-string", "not-toml", "watch-paths-not-a-list"],
+)
+def test_bad_user_config_is_a_one_line_usage_error(lbk, tmp_path, content, args, msg):
+    cfg = tmp_path / "_config" / "lbk" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_bytes(content)
+    res = lbk(*args)
+    assert res.code == ExitCode.USAGE
+    assert msg in one_line_error(res)
+
+
 def test_init_without_repo_creates_default_and_records_it(lbk, tmp_path, src):
     res = lbk("init")
     assert res.code == 0, res.err

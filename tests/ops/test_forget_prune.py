@@ -3,6 +3,7 @@ crash safety at every step)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from lbk.backend.base import FileKind, Handle
 from lbk.backend.local import LocalBackend
-from lbk.errors import UsageError
+from lbk.errors import FormatError, UsageError
 from lbk.events import Collector
 from lbk.model import Snapshot
 from lbk.ops.backup import BackupOptions, backup
@@ -434,3 +435,31 @@ def test_tree_references_agree_with_the_model():
                 b'{"version": 1, "nodes": [{"name": "x"}]}', b"[" * 100000):
         with pytest.raises(FormatError):
             tree_references(bad, "t")
+
+
+# -- prune's own tree reader ---------------------------------------------------------------
+
+_ID = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "nodes,refs",
+    [
+        ([{"name": "d", "type": "dir", "subtree": _ID}, {"name": "f", "type": "file", "content": [_ID, _ID]}],
+         ([bytes.fromhex(_ID)], [bytes.fromhex(_ID)] * 2)),
+        ([{"name": "d", "type": "dir", "subtree": None}, {"name": "l", "type": "symlink", "content": ["x"]}], ([], [])),
+        # found by fuzzing (tests/fuzz, target tree): ids that are not 32 bytes reached the marking
+        ([{"name": "f", "type": "file", "content": ["ab"]}], None),
+        ([{"name": "d", "type": "dir", "subtree": "abcd"}], None),
+        ([{"name": "d", "type": "dir", "subtree": ""}], None),
+        ([{"name": "f", "type": "file", "content": ["ab " * 21 + "a"]}], None),
+        ([{"name": "f", "type": "file", "content": ["ab" * 31 + " a"]}], None),  # 64 characters, 31 bytes
+    ],
+)
+def test_tree_references(nodes, refs):
+    data = json.dumps({"version": 1, "nodes": nodes}).encode()
+    if refs is None:
+        with pytest.raises(FormatError, match="^tree x: malformed tree"):
+            prune_mod.tree_references(data, "tree x")
+    else:
+        assert prune_mod.tree_references(data, "tree x") == refs

@@ -89,6 +89,29 @@ def test_layout_decoding_refuses_bad_extents():
         Layout.decode(bytes(raw))
 
 
+@pytest.mark.parametrize("meta", [
+    {"filesystems": {"blkid": {}}},  # found by fuzzing (tests/fuzz, target image_layout)
+    {"filesystems": [{"offset": 0, "partition": None, "blkid": {"TYPE": 5}}]},
+    {"filesystems": [{"offset": "0", "partition": None, "blkid": {}}]},
+    {"filesystems": [7]},
+    {"partition_table": {"dump": ["x"]}},
+    {"partition_table": "gpt"},
+    {"source": 5},
+])
+def test_layout_decoding_refuses_meta_that_image_info_cannot_show(meta):
+    """A layout whose meta authenticates but has the wrong shape crashed ``lbk image info``."""
+    lay = sample_layout()
+    lay.meta = meta
+    with pytest.raises(FormatError, match="^image x: malformed metadata"):
+        Layout.decode(lay.encode(), "image x")
+
+
+def test_layout_meta_with_unknown_keys_is_accepted():
+    lay = sample_layout()
+    lay.meta = {"future": [1, {"x": None}], "filesystems": [], "partition_table": None, "source": "/dev/x"}
+    assert Layout.decode(lay.encode()).meta == lay.meta
+
+
 # -- chunking ----------------------------------------------------------------------------------------
 
 

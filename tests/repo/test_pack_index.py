@@ -127,6 +127,9 @@ def head(version=1, count=1) -> bytes:
         pytest.param(head() + entry(t=2), 100, id="unknown-blob-type"),
         pytest.param(head() + entry(length=crypto.OVERHEAD - 1), crypto.OVERHEAD - 1, id="blob-shorter-than-overhead"),
         pytest.param(head() + entry(raw=MAX_BLOB + 1), 100, id="raw-length-over-max"),
+        # found by fuzzing (tests/fuzz, target pack): restore would load that many bytes for one blob
+        pytest.param(head() + entry(length=pack.MAX_SEALED + 1), pack.MAX_SEALED + 1, id="blob-length-over-max"),
+        pytest.param(head() + entry(length=0xFFFFFFFF), 0xFFFFFFFF, id="blob-length-4gib"),
         pytest.param(head() + entry(length=100), 99, id="lengths-short-of-offset"),
         pytest.param(head() + entry(length=100), 101, id="lengths-past-offset"),
         pytest.param(head(count=2) + entry(length=60) + entry(bid=blob_id(2), length=60), 100, id="two-lengths-past-offset"),
@@ -167,7 +170,7 @@ def test_parse_header_requires_the_header_ad():
 P1, P2 = "11" * 32, "22" * 32
 E1 = PackEntry(DATA, blob_id(1), 0, 100, 60)
 E2 = PackEntry(TREE, blob_id(2), 100, 41, 1)
-E3 = PackEntry(DATA, blob_id(3), 0, 0xFFFFFFFF, MAX_BLOB)
+E3 = PackEntry(DATA, blob_id(3), 0xFFFFFFFF, pack.MAX_SEALED, MAX_BLOB)  # the largest valid values
 
 
 @pytest.mark.parametrize(
@@ -219,6 +222,15 @@ def u32(n: int) -> bytes:
             b"\x01" + u32(0) + u32(1) + b"\x11" * 32 + u32(1) + struct.pack("<B32sIII", 0, bytes(32), 0, 41, MAX_BLOB + 1),
             id="raw-length-over-max",
         ),
+        # found by fuzzing (tests/fuzz, target index): restore would load that many bytes for one blob
+        pytest.param(
+            b"\x01" + u32(0) + u32(1) + b"\x11" * 32 + u32(1) + struct.pack("<B32sIII", 0, bytes(32), 0, 0xE2777A3C, 9),
+            id="blob-length-3.5gib",
+        ),
+        pytest.param(
+            b"\x01" + u32(0) + u32(1) + b"\x11" * 32 + u32(1) + struct.pack("<B32sIII", 0, bytes(32), 0, 39, 0),
+            id="blob-shorter-than-overhead",
+        ),
     ],
 )
 def test_index_decode_refuses_malformed(data):
@@ -240,7 +252,7 @@ entries_st = st.builds(
     type=st.sampled_from([DATA, TREE]),
     id=st.binary(min_size=32, max_size=32),
     offset=st.integers(0, 2**32 - 1),
-    length=st.integers(0, 2**32 - 1),
+    length=st.integers(crypto.OVERHEAD, pack.MAX_SEALED),
     raw_length=st.integers(0, MAX_BLOB),
 )
 packs_st = st.dictionaries(st.binary(min_size=32, max_size=32).map(bytes.hex), st.lists(entries_st, max_size=5), max_size=5)

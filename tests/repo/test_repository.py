@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -141,9 +142,23 @@ def _rewrite_config(repo: Repository, change) -> None:
         (lambda d: d.pop("pack_size"), "malformed"),
         (lambda d: d.update(chunker=[]), "malformed"),
         pytest.param(
-            lambda d: d.update(pack_size=float("inf")), "malformed",
+            lambda d: d.update(pack_size=float("inf")), "unsupported pack size",
             id="pack-size-infinity",
         ),
+        # found by fuzzing (tests/fuzz): values that got past the decoder and failed later
+        (lambda d: d.update(id="../../elsewhere"), "malformed repository id"),  # names the cache dir
+        (lambda d: d.update(id=7), "malformed repository id"),
+        (lambda d: d["chunker"].update(seed=-1), "unsupported chunker"),  # FastCDC: OverflowError
+        (lambda d: d["chunker"].update(seed=2**64), "unsupported chunker"),
+        (lambda d: d["chunker"].update(min=65.5), "unsupported chunker"),
+        (lambda d: d["chunker"].update(avg="1"), "unsupported chunker"),
+        (lambda d: d["chunker"].update(avg=5 << 20), "unsupported chunker"),  # pyfastcdc: avg <= 4 MiB
+        (lambda d: d["chunker"].update(max=32 << 20), "unsupported chunker"),  # pyfastcdc: max <= 16 MiB
+        (lambda d: d["chunker"].update(min=2 << 20, avg=2 << 20), "unsupported chunker"),  # min <= 1 MiB
+        (lambda d: d["compression"].update(level=23), "unsupported compression level 23"),  # zstd refuses
+        (lambda d: d["compression"].update(level=True), "unsupported compression level True"),
+        (lambda d: d.update(pack_size=2**62), "unsupported pack size"),  # packs are built in memory
+        (lambda d: d.update(pack_size=0), "unsupported pack size 0"),
     ],
 )
 def test_bad_config_refused(mem_repo, change, match):
@@ -413,6 +428,18 @@ def test_key_with_damaged_meta_is_still_listed(mem_repo, meta):
     assert reopen(mem_repo).master == mem_repo.master  # the key itself still opens
 
 
+@pytest.mark.parametrize(
+    "plain,host",
+    [(b"7", ""), (b"[]", ""), (b'{"host": 5, "user": ["x"]}', ""), (b'{"host": "box"}', "box"), (b"[" * 100_000, "")],
+)
+def test_key_meta_that_authenticates_but_is_nonsense(mem_repo, plain, host):
+    """Found by fuzzing (key_meta): a meta that opens but is not a JSON object broke ``lbk key list``."""
+    sealed = crypto.seal(mem_repo.master.encrypt, plain, b"lbk:keymeta")
+    _rewrite_key(mem_repo, lambda d: d.update(meta=base64.b64encode(sealed).decode()))
+    (info,) = mem_repo.list_keys()
+    assert (info.host, info.user, info.created) == (host, "", "")
+
+
 def _rewrite_key(repo: Repository, change) -> None:
     (h,) = [h for h in repo.backend.files if h.kind is FileKind.KEY]
     doc = json.loads(repo.backend.files[h])
@@ -437,12 +464,19 @@ def _rewrite_key(repo: Repository, change) -> None:
             FormatError,
             id="ops-infinity",
         ),
+        # found by fuzzing (tests/fuzz): a KeyError escaped; a truncated key read as "wrong password"
+        (lambda d: d["kdf"].pop("salt"), FormatError),
+        (lambda d: d.pop("data"), FormatError),
+        (lambda d: d.update(data="AAAA"), FormatError),
+        (lambda d: d["kdf"].update(ops=1.5), FormatError),
+        (lambda d: d["kdf"].update(mem=True), FormatError),
     ],
 )
 def test_malformed_key_file_is_a_clear_error(mem_repo, change, error):
-    """Key files are the one unauthenticated structure: anything wrong is an LbkError."""
+    """Key files are the one unauthenticated structure: anything wrong is an LbkError
+    that names the key file."""
     _rewrite_key(mem_repo, change)
-    with pytest.raises(error, match="^keys/[0-9a-f]{64}: "):
+    with pytest.raises(error, match=f"^keys/{mem_repo.key_name}: "):
         reopen(mem_repo)
 
 
@@ -584,6 +618,43 @@ def test_lock_staleness(host, pid, age, stale):
         True,
     )
     assert info.is_stale(now) is stale
+
+
+GOOD_LOCK = {"version": 1, "host": "h", "pid": 7, "user": "u", "time": 1_800_000_000.5, "exclusive": False}
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        pytest.param(b"[" * 100_000, id="deep-nesting"),  # RecursionError escaped list_locks
+        pytest.param(json.dumps({**GOOD_LOCK, "time": 6641796602034.5}).encode(), id="time-year-212000"),
+        pytest.param(json.dumps({**GOOD_LOCK, "time": 1e400}).encode(), id="time-infinite"),
+        pytest.param(json.dumps({**GOOD_LOCK, "time": 10**400}).encode(), id="time-too-big-for-a-float"),
+        pytest.param(json.dumps({**GOOD_LOCK, "pid": 2**70}).encode(), id="pid-too-big-for-kill"),
+        pytest.param(json.dumps({**GOOD_LOCK, "pid": -1}).encode(), id="pid-negative"),
+        pytest.param(json.dumps({**GOOD_LOCK, "host": ["h"]}).encode(), id="host-not-a-string"),
+        pytest.param(json.dumps({**GOOD_LOCK, "exclusive": "no"}).encode(), id="exclusive-not-a-bool"),
+        pytest.param(b"7", id="not-an-object"),
+    ],
+)
+def test_lock_that_authenticates_but_is_nonsense_counts_as_damaged(mem_repo, plain):
+    """Found by fuzzing (tests/fuzz, target lock): such locks crashed every locker, or
+    ``describe`` and the staleness check later. Like an unreadable lock, they are stale."""
+    name = "cd" * 32
+    mem_repo.save_sealed(Handle(FileKind.LOCK, name), plain)
+    with pytest.raises(FormatError, match=f"^locks/{name}: malformed lock"):
+        lock_mod.decode_lock(plain, name)
+    (info,) = lock_mod.list_locks(mem_repo)
+    assert (info.name, info.host, info.is_stale()) == (name, "?", True)
+    with mem_repo.lock(exclusive=True):
+        pass
+    assert [i.name for i in lock_mod.remove_stale(mem_repo)] == [name]
+
+
+def test_lock_decodes(mem_repo):
+    info = lock_mod.decode_lock(json.dumps(GOOD_LOCK).encode(), "ab" * 32)
+    assert (info.host, info.pid, info.user, info.time, info.exclusive) == ("h", 7, "u", 1_800_000_000.5, False)
+    assert "shared lock by u@h pid 7" in info.describe()
 
 
 def test_live_exclusive_lock_is_not_removed_by_unlock(mem_repo):
