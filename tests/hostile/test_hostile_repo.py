@@ -78,14 +78,14 @@ CONFIG = [
     Case("config-zstd-bomb", config_sealed(payload=F.zstd_payload(F.zstd_bomb(1 << 40))),
          [("snapshots", 1, r"config: compressed data claims 1099511627776 bytes"), ("backup", 1, r"config: compressed")]),
     Case("config-id-escapes-cache", config_sealed(_config_doc(id="../escaped")),
-         [("backup", 1, r"config: invalid repository id"), ("log", 1, r"config: invalid repository id")]),
+         [("backup", 1, r"config: malformed repository id"), ("log", 1, r"config: malformed repository id")]),
     Case("config-level-1000", config_sealed(_config_doc(compression={"alg": "zstd", "level": 1000})),
-         [("backup", 1, r"config: compression level or pack size out of range")]),
+         [("backup", 1, r"config: unsupported compression level 1000")]),
     Case("config-pack-size-2^62", config_sealed(_config_doc(pack_size=2**62)),
-         [("backup", 1, r"config: compression level or pack size out of range")]),
+         [("backup", 1, r"config: unsupported pack size 4611686018427387904")]),
     Case("config-seed-2^80", config_sealed(_config_doc(chunker={"alg": "fastcdc2020", "min": 1024, "avg": 2048,
                                                                 "max": 4096, "seed": 2**80})),
-         [("backup", 1, r"config: invalid repository id or chunker seed")]),
+         [("backup", 1, r"config: unsupported chunker parameters")]),
 ]
 
 
@@ -123,9 +123,9 @@ KEYS = [
     Case("key-kdf-4GiB-only", key_file(_kdf(mem=4 << 30), False),
          [("snapshots", 1, r"keys/{key}\w*: cannot derive its key")]),
     Case("key-kdf-2^50-only", key_file(_kdf(mem=2**50), False),
-         [("snapshots", 1, r"keys/{key}\w*: cannot derive its key \(key file has implausible KDF parameters")]),
+         [("snapshots", 1, r"keys/{key}\w*: implausible KDF parameters \(ops=1, mem=1125899906842624\)")]),
     Case("key-sealed-master-short", key_file(lambda d: json.dumps(dict(d, data=F.b64(b"x" * 10))).encode(), False),
-         [("snapshots", 12, None)]),
+         [("snapshots", 1, r"keys/{key}\w*: malformed key file \(salt or key of the wrong length\)")]),
 ]
 
 
@@ -179,8 +179,8 @@ INDEX = [
     Case("index-zstd-bomb", index_sealed(payload=F.zstd_payload(F.zstd_bomb(1 << 40))),
          [("ls", 1, r"index/{index}\w*: compressed data claims"), ("read-data", 1, r"index/{index}")]),
     Case("index-entry-length-2^32-1", index_entry(length=2**32 - 1),
-         [("restore", 1, r"blob {blob} in pack {pack}: the pack is shorter"), ("cat-blob", 1, r"blob {blob}"),
-          ("read-data", 1, r"pack {pack}")]),
+         [("restore", 1, r"index/[0-9a-f]+: invalid entry"), ("cat-blob", 1, r"index/[0-9a-f]+: invalid entry"),
+          ("read-data", 1, r"index/[0-9a-f]+: invalid entry")]),
     Case("index-entry-raw-length-0", index_entry(raw_length=0),
          [("cat-blob", 1, r"^lbk: blob {blob} in pack {pack}: compressed data claims 6000 bytes"),
           ("restore", 1, r"blob {blob} in pack {pack}"), ("read-data", 1, r"blob {blob}")]),
@@ -284,12 +284,12 @@ SNAPSHOT = [
     Case("snapshot-tree-is-an-int", snapshot_doc(tree=5), [("snapshots", 1, r"snapshot {snap}: malformed snapshot")]),
     Case("snapshot-deep-json", snapshot_sealed(b"{" * 50_000), [("snapshots", 1, r"snapshot {snap}: malformed snapshot")]),
     Case("snapshot-time-year-1", snapshot_doc(time="0001-01-01T00:00:00+14:00"),
-         [("snapshots", 1, r"snapshot {snap}: implausible time"), ("find", 1, r"snapshot {snap}")]),
+         [("snapshots", 1, r"snapshot {snap}: malformed snapshot"), ("find", 1, r"snapshot {snap}")]),
     Case("snapshot-time-year-9999", snapshot_doc(time="9999-12-31T23:59:59-14:00"),
-         [("snapshots", 1, r"snapshot {snap}: implausible time")]),
+         [("snapshots", 1, r"snapshot {snap}: malformed snapshot")]),
     Case("snapshot-paths-not-a-list", snapshot_doc(paths="/etc"), [("snapshots", 1, r"snapshot {snap}: malformed")]),
     Case("snapshot-summary-not-numbers", snapshot_doc(summary={"total_bytes": "lots"}),
-         [("snapshots", 1, r"snapshot {snap}: malformed snapshot summary")]),
+         [("snapshots", 1, r"snapshot {snap}: summary total_bytes is not a number")]),
     Case("snapshot-zstd-bomb", snapshot_sealed(payload=F.zstd_payload(F.zstd_bomb(1 << 40))),
          [("snapshots", 1, r"snapshots/{snap}\w*: compressed data claims")]),
     Case("snapshot-tree-is-a-data-blob",
@@ -341,8 +341,8 @@ def _dir_of(subtree_of: Callable):
 
 
 BAD_NAME = r"tree {tree}: tree contains an invalid file name"
-IMPLAUSIBLE = r"tree {tree}: tree node b'a' has an implausible {field}"
-NUL = r"tree {tree}: tree node b'\w' has a NUL byte"
+IMPLAUSIBLE = r"tree {tree}: tree node b'a' has an invalid {field} -?\d+"
+NUL = r"tree {tree}: tree node b'\w' has a NUL in its"
 TREES = [
     Case(f"tree-name-{label}", tree(F.node(name)), [("ls", 1, BAD_NAME), ("restore", 1, BAD_NAME), ("find", 1, BAD_NAME)])
     for label, name in [("dotdot", ".."), ("slash", "a/b"), ("nul", "x\0y"), ("dot", "."), ("empty", ""),
@@ -352,11 +352,11 @@ TREES = [
          [("ls", 1, r"tree {tree}: duplicate names"), ("restore", 1, r"tree {tree}: duplicate names")]),
     Case("tree-version-2", tree(raw=F.tree_json(version=2)), [("ls", 1, r"tree {tree}: unknown tree version 2")]),
     Case("tree-nodes-not-a-list", tree(raw=b'{"version":1,"nodes":{"a":1}}'), [("ls", 1, r"tree {tree}: malformed")]),
-    Case("tree-node-wrong-types", tree({"name": 5, "type": "file"}), [("ls", 1, r"tree {tree}: malformed tree")]),
+    Case("tree-node-wrong-types", tree({"name": 5, "type": "file"}), [("ls", 1, r"tree {tree}: tree node b'\?' has an invalid name 5")]),
     Case("tree-unknown-node-type", tree(F.node("a", "door")), [("ls", 1, r"tree {tree}: tree contains an unknown node type")]),
     Case("tree-deep-json", tree(raw=b'{"version":1,"nodes":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
          [("ls", 1, r"tree {tree}: nested too deeply"), ("stats", 1, r"tree {tree}")]),
-    Case("tree-size-negative", tree(F.node("a", size=-1)), [("ls", 1, r"tree {tree}: tree node b'a' has a negative size")]),
+    Case("tree-size-negative", tree(F.node("a", size=-1)), [("ls", 1, IMPLAUSIBLE.replace("{field}", "size"))]),
     Case("tree-size-2^64", tree(F.node("a", size=2**64)), [("ls", 1, IMPLAUSIBLE.replace("{field}", "size"))]),
     # plausible as a number, but the content does not add up to it: that file fails, the rest is restored
     Case("tree-size-2^62", tree(F.node("a", size=2**62), F.node("b")),
@@ -368,8 +368,9 @@ TREES = [
     Case("tree-mtime-2^70", tree(F.node("a", mtime_ns=2**70)),
          [("ls", 1, IMPLAUSIBLE.replace("{field}", "mtime_ns")), ("log", 1, r"tree {tree}"), ("diff", 1, r"tree {tree}")]),
     Case("tree-rdev-2^70", tree(F.node("a", "chardev", rdev=2**70)), [("restore", 1, IMPLAUSIBLE.replace("{field}", "rdev"))]),
-    # masked to the permission bits, as for every mode: harmless
-    Case("tree-mode-2^70", tree(F.node("a", mode=2**70 + 0o640)), [("restore", 0, None), ("ls", 0, None)]),
+    # no file system has such a mode: refused like every number out of range
+    Case("tree-mode-2^70", tree(F.node("a", mode=2**70 + 0o640)),
+         [("restore", 1, IMPLAUSIBLE.replace("{field}", "mode")), ("ls", 1, IMPLAUSIBLE.replace("{field}", "mode"))]),
     Case("tree-symlink-target-1MiB", tree(F.node("l", "symlink", target="x" * MiB)),
          [("restore", 1, r"error: \S*/l: File name too long"), ("ls", 0, None), ("log", 0, None)]),
     Case("tree-symlink-target-nul", tree(F.node("l", "symlink", target="x\0y")), [("restore", 1, NUL)]),
@@ -377,7 +378,7 @@ TREES = [
     Case("tree-user-name-nul", tree(F.node("a", user="ro\0ot")), [("restore", 1, NUL)]),
     Case("tree-xattr-40MiB", tree(F.node("a", xattrs=[[F.b64(b"user.big"), F.b64(b"v" * (40 * MiB))]])),
          [("restore", 1, r"error: \S*/a: Argument list too long"), ("ls", 0, None)]),
-    Case("tree-content-id-short", tree(F.node("a", size=1, content=["abcd"])), [("ls", 1, r"tree {tree}: .*invalid blob id")]),
+    Case("tree-content-id-short", tree(F.node("a", size=1, content=["abcd"])), [("ls", 1, r"tree {tree}: malformed tree")]),
     Case("tree-cycle", _cycle,
          [("ls", 1, r"^lbk: blob abababababababab in pack \w+: content does not match its id"),
           ("restore", 1, r"blob abababababababab"), ("check", 1, r"blob abababababababab"), ("stats", 1, r"abababab"),

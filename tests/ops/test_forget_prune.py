@@ -19,6 +19,7 @@ from lbk.model import Snapshot
 from lbk.ops.backup import BackupOptions, backup
 from lbk.ops.check import check
 from lbk.ops.policy import Duration, Policy, apply_policy, forget, parse_duration
+from lbk.ops import prune as prune_mod
 from lbk.ops.prune import PruneError, parse_max_unused, prune
 from lbk.ops.restore import RestoreOptions, restore
 from lbk.repo import crypto
