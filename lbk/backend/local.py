@@ -98,11 +98,19 @@ class LocalBackend:
                 pass
             raise _os_error(f"cannot write {h}", e) from e
 
+    def _not_found(self, h: Handle) -> BackendError:
+        """NotFound when the repository is there and the file is not; when the repository
+        itself is gone (an unplugged disk), it is unreachable, which is no answer about
+        the file (the watch daemon then serves its offline copies)."""
+        if os.path.isdir(os.path.join(self.root, FileKind.KEY.value)):
+            return NotFound(f"{h} not found")
+        return BackendError(f"repository {self.root} is not reachable")
+
     def load(self, h: Handle, offset: int = 0, length: int | None = None) -> bytes:
         try:
             fd = os.open(self._path(h), os.O_RDONLY)
         except FileNotFoundError:
-            raise NotFound(f"{h} not found") from None
+            raise self._not_found(h) from None
         except OSError as e:
             raise _os_error(f"cannot read {h}", e) from e
         try:
@@ -121,7 +129,7 @@ class LocalBackend:
         try:
             return os.stat(self._path(h)).st_size
         except FileNotFoundError:
-            raise NotFound(f"{h} not found") from None
+            raise self._not_found(h) from None
         except OSError as e:
             raise _os_error(f"cannot stat {h}", e) from e
 
@@ -158,7 +166,7 @@ class LocalBackend:
         try:
             os.unlink(self._path(h))
         except FileNotFoundError:
-            raise NotFound(f"{h} not found") from None
+            raise self._not_found(h) from None
         except OSError as e:
             raise _os_error(f"cannot remove {h}", e) from e
 

@@ -383,6 +383,7 @@ class Watcher:
             self.scanner.pool.shutdown(wait=True)
         scan = self._new_scanner()
         self.scanner = scan
+        spooled_before = self.spool.spool_usage()[0]
         try:
             res = scan.run()
         except BaseException:
@@ -398,7 +399,8 @@ class Watcher:
         self.state.last_commit = time.time()
         self.state.last_snapshot = snap.id
         self.state.commits += 1
-        self.emit(Committed(snapshot_id=snap.id, paths=list(self.paths), count=res.total_files, latency=0.0))
+        self.emit(Committed(snapshot_id=snap.id, paths=list(self.paths), count=res.total_files, latency=0.0,
+                            spooled=self.spool.spool_usage()[0] > spooled_before))
         self.state.phase = "watching"
         self.write_state(force=True)
 

@@ -127,3 +127,25 @@ def test_spooled_snapshots_that_lost_their_data_never_reach_the_repository(tmp_p
     wait_until(lambda: status()["daemons"][0]["spool_files"] == 0, what="the spool to drain")
     assert w.stop() == 0
     _assert_whole(repo, tree, tmp_path)
+
+
+def test_daemon_starts_while_the_repository_disk_is_unplugged(tmp_path):
+    """Started at boot with the USB disk not there yet: the daemon opens the repository
+    from its offline copies, spools the baseline and the saves, and uploads them once the
+    disk is back."""
+    repo, tree = tmp_path / "repo", tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("before\n")
+    assert lbk_proc("-r", repo, "init").returncode == 0
+    assert WatchProc(repo, tree, *FAST).stop() == 0  # once online: it keeps copies of config, keys, index
+    away = tmp_path / "repo.unplugged"
+    os.rename(repo, away)
+    w = WatchProc(repo, tree, *FAST)  # waits for the baseline commit, spooled
+    assert w.of("committed")[0]["spooled"]
+    (tree / "b.txt").write_text("saved while the disk was away\n")
+    assert w.committed(tree / "b.txt")["spooled"]
+    os.rename(away, repo)
+    w.wait_for(lambda ev: ev["message_type"] == "synced", timeout=30)
+    wait_until(lambda: status()["daemons"][0]["spool_files"] == 0, what="the spool to drain")
+    assert w.stop() == 0
+    _assert_whole(repo, tree, tmp_path)
