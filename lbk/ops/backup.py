@@ -38,7 +38,63 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 # a directory's signature: lstat of every kept entry (+ subtree ids); bump on tree changes
 DIR_SIG_VERSION = b"lbk-dirsig-1"
 _SIG = struct.Struct("<HIIIQqqQQQQ")
-WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
+WORKERS = max(2, min(8, os.cpu_count() or 2))  # more threads than cores only add GIL contention (measured)
+Tree = bytes | Future  # a tree id, or a future of one while files beneath it are read
+
+
+SMALL_FILE = 256 * 1024  # files below it (one chunk at most) are read in batches
+BATCH_FILES, BATCH_BYTES = 64, 4 << 20
+
+
+class _Batch:
+    """Small files of one directory read together by one task."""
+
+    __slots__ = ("files", "bytes", "future")
+
+    def __init__(self) -> None:
+        self.files: list[tuple[bytes, os.stat_result, Node]] = []
+        self.bytes = 0
+        self.future: Future | None = None
+
+    def add(self, path: bytes, st: os.stat_result, node: Node) -> "_Slot":
+        self.files.append((path, st, node))
+        self.bytes += st.st_size
+        return _Slot(self, len(self.files) - 1)
+
+    def full(self) -> bool:
+        return len(self.files) >= BATCH_FILES or self.bytes >= BATCH_BYTES
+
+
+class _Slot:
+    """A file's place in a batch: its node is the batch's result at that index."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int):
+        self.batch, self.index = batch, index
+
+
+def _resolved(item):
+    """A node (or None) from a node, a future of one or a batch slot; a subtree future
+    becomes its id."""
+    if isinstance(item, _Slot):
+        item = item.batch.future.result()[item.index]
+    node = item.result() if isinstance(item, Future) else item
+    if node is not None and isinstance(node.subtree, Future):
+        node.subtree = node.subtree.result()
+    return node
+
+
+def _signature(kept: list) -> bytes:
+    """A directory's signature: the lstat of every entry kept, and the subtree ids."""
+    sig = blake3.blake3(DIR_SIG_VERSION)
+    for e, st, sub in kept:
+        sig.update(_SIG.pack(len(e.name), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                             st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev))
+        sig.update(e.name)
+        if sub is not None:
+            sig.update(sub.result() if isinstance(sub, Future) else sub)
+    return sig.digest()
 
 
 @dataclass
@@ -208,10 +264,13 @@ class Backup:
         return node
 
     # -- directories ---------------------------------------------------------------
-    def _entry(self, path: bytes, name: bytes, st: os.stat_result, root_dev: int, subtree: bytes | None = None):
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result, root_dev: int, subtree: Tree | None = None,
+               batch: "_Batch | None" = None):
         """A node or a future of one for a path whose lstat is ``st``; None to skip.
 
-        For a directory whose tree was already built, ``subtree`` is its id."""
+        For a directory whose tree was already built, ``subtree`` is its id. A small file
+        to read joins ``batch`` when one is given (read with the batch's other files by
+        one task) and is returned as its slot in it."""
         try:
             node = make_node(path, name, st)
         except OSError as e:
@@ -223,6 +282,8 @@ class Backup:
                 self.result.total_bytes += st.st_size
             if self._unchanged(path, st, node):
                 return node
+            if batch is not None and st.st_size < SMALL_FILE:
+                return batch.add(path, st, node)
             self._inflight.acquire()
             fut = self.pool.submit(self._file, path, st, node)
             fut.add_done_callback(lambda _f: self._inflight.release())
@@ -231,7 +292,15 @@ class Backup:
             node.subtree = subtree if subtree is not None else self._subdir(path, st, root_dev)
         return node
 
-    def _subdir(self, path: bytes, st: os.stat_result, root_dev: int) -> bytes:
+    def _submit_batch(self, batch: "_Batch") -> None:
+        """Read a batch of small files on one reader: per file, a task costs more than
+        the reading (queue, future, semaphore, and the GIL handed over each time)."""
+        if batch.files:
+            self._inflight.acquire()
+            batch.future = self.pool.submit(lambda files: [self._file(*f) for f in files], batch.files)
+            batch.future.add_done_callback(lambda _f: self._inflight.release())
+
+    def _subdir(self, path: bytes, st: os.stat_result, root_dev: int) -> Tree:
         with self._lock:
             self.result.dirs += 1
         if self.opts.one_file_system and st.st_dev != root_dev:
@@ -245,7 +314,9 @@ class Backup:
         except OSError:
             return False
 
-    def _dir(self, path: bytes, root_dev: int) -> bytes:
+    def _dir(self, path: bytes, root_dev: int) -> Tree:
+        """The tree of a directory: its id, or a future of it while files beneath it are
+        still being read (the walk goes on meanwhile, so the readers never run dry)."""
         self._current = path
         self._progress()
         try:
@@ -255,9 +326,8 @@ class Backup:
             return self._save_tree(path, [])
         if self.opts.exclude_caches and self._is_cache_dir(path):
             return self._save_tree(path, [])
-        kept: list[tuple[os.DirEntry, os.stat_result, bytes | None]] = []
+        kept: list[tuple[os.DirEntry, os.stat_result, Tree | None]] = []
         complete = True
-        sig = blake3.blake3(DIR_SIG_VERSION)
         for e in entries:
             if self.excluder.excluded(e.path, e.name):
                 continue
@@ -268,26 +338,22 @@ class Backup:
                 complete = False
                 continue
             sub = self._subdir(e.path, st, root_dev) if stat.S_ISDIR(st.st_mode) else None
-            sig.update(_SIG.pack(len(e.name), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                                 st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev))
-            sig.update(e.name)
-            if sub is not None:
-                sig.update(sub)
             kept.append((e, st, sub))
-        digest = sig.digest()
-        if complete and self.on_tree is None:
-            reused = self._reuse_tree(path, digest, kept)
+        if complete and self.on_tree is None and not any(isinstance(sub, Future) for _, _, sub in kept):
+            reused = self._reuse_tree(path, _signature(kept), kept)
             if reused is not None:
                 return reused
         items: list = []
+        batch = _Batch()
         for e, st, sub in kept:
-            item = self._entry(e.path, e.name, st, root_dev, sub)
+            item = self._entry(e.path, e.name, st, root_dev, sub, batch)
             if item is not None:
                 items.append(item)
-        tree = self._save_tree(path, items)
-        if complete:
-            self.new_dirs[path] = (digest, tree)
-        return tree
+            if batch.full():
+                self._submit_batch(batch)
+                batch = _Batch()
+        self._submit_batch(batch)
+        return self._save_tree(path, items, kept if complete else None)
 
     def _reuse_tree(self, path: bytes, digest: bytes, kept: list) -> bytes | None:
         """The cached tree id when no entry of the directory changed (by lstat); then its
@@ -321,16 +387,43 @@ class Backup:
         self.new_dirs[path] = old
         return old[1]
 
-    def _save_tree(self, path: bytes, items: list) -> bytes:
-        nodes = []
-        for it in items:
-            node = it.result() if isinstance(it, Future) else it
-            if node is not None:
-                nodes.append(node)
-        bid, _ = self.sink.save_blob(TREE, encode_tree(nodes))
-        if self.on_tree is not None:
-            self.on_tree(path, nodes, bid)
-        return bid
+    def _save_tree(self, path: bytes, items: list, kept: list | None = None) -> Tree:
+        """Store the tree of ``items`` (nodes, or futures of nodes for files being read;
+        a directory node's subtree may be a future too) once they are all done: at once
+        when they are, else from the thread that completes the last of them. ``kept``
+        (a complete listing) records the directory's signature for the next backup."""
+        waits = [it for it in items if isinstance(it, Future)]
+        waits += [it.subtree for it in items if isinstance(it, Node) and isinstance(it.subtree, Future)]
+        waits += list({id(it.batch): it.batch.future for it in items if isinstance(it, _Slot)}.values())
+
+        def finish() -> bytes:
+            nodes = [n for n in map(_resolved, items) if n is not None]
+            bid, _ = self.sink.save_blob(TREE, encode_tree(nodes))
+            if self.on_tree is not None:
+                self.on_tree(path, nodes, bid)
+            if kept is not None:
+                self.new_dirs[path] = (_signature(kept), bid)
+            return bid
+
+        if all(w.done() for w in waits):
+            return finish()
+        out: Future = Future()
+        left = [len(waits)]
+        lock = threading.Lock()
+
+        def one_done(_f) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                try:
+                    out.set_result(finish())
+                except BaseException as e:  # surfaces where the root tree is awaited
+                    out.set_exception(e)
+
+        for w in waits:
+            w.add_done_callback(one_done)
+        return out
 
     def node_for(self, path: bytes, root_dev: int | None = None) -> Node | None:
         """A complete node for one path (a directory is scanned, a file read); None if gone."""
@@ -339,7 +432,7 @@ class Backup:
         except FileNotFoundError:
             return None
         item = self._entry(path, os.path.basename(path), st, st.st_dev if root_dev is None else root_dev)
-        return item.result() if isinstance(item, Future) else item
+        return _resolved(item)
 
     # -- top level -----------------------------------------------------------------
     def _prefix_tree(self, paths: list[bytes]) -> dict:
@@ -357,7 +450,7 @@ class Backup:
                     d[parts[-1]] = None
         return root
 
-    def _build(self, prefix: bytes, spec: dict) -> bytes:
+    def _build(self, prefix: bytes, spec: dict) -> Tree:
         items = []
         for name, sub in sorted(spec.items()):
             path = prefix.rstrip(b"/") + b"/" + name
@@ -386,9 +479,10 @@ class Backup:
             raise UsageError("none of the paths to back up exist")
         try:
             if paths == [b"/"]:
-                tree = self._dir(b"/", os.lstat(b"/").st_dev)
+                root = self._dir(b"/", os.lstat(b"/").st_dev)
             else:
-                tree = self._build(b"/", self._prefix_tree([p for p in paths if p not in missing]))
+                root = self._build(b"/", self._prefix_tree([p for p in paths if p not in missing]))
+            tree = root.result() if isinstance(root, Future) else root
             self.pool.shutdown(wait=True)
         except KeyboardInterrupt:
             self.pool.shutdown(wait=True, cancel_futures=True)

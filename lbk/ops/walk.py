@@ -134,7 +134,8 @@ class Reader:
         raise AssertionError("unreachable")
 
     def _read_once(self, path: bytes, expect: os.stat_result, strict: bool = True):
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        # O_NONBLOCK: a FIFO put where a file was must not block the open (fstat refuses it)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
         try:
             fd = os.open(path, flags)
         except PermissionError:
@@ -144,6 +145,17 @@ class Reader:
                 fd = os.open(path, flags & ~os.O_NOATIME)
             else:
                 raise
+        small = self.repo.config.chunker.min
+        if expect.st_size <= small:
+            try:
+                got = self._read_small(fd, expect, strict, small)
+            except BaseException:
+                os.close(fd)
+                raise
+            if got is not None:
+                os.close(fd)
+                return got
+            os.lseek(fd, 0, os.SEEK_SET)  # it grew past one chunk; not strict: read it as a big file
         with open(fd, "rb", buffering=0) as f:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
@@ -153,21 +165,39 @@ class Reader:
             ids: list[bytes] = []
             size = added = 0
             save = self.repo.save_blob
-            if before.st_size <= self.repo.config.chunker.min:
-                data = f.read()
-                if data:
-                    bid, new = save(DATA, data)
-                    ids.append(bid)
-                    added += len(data) if new else 0
-                size = len(data)
-            else:
-                for chunk in self._cdc().cut_stream(f):
-                    bid, new = save(DATA, chunk.data)
-                    ids.append(bid)
-                    size += chunk.length
-                    if new:
-                        added += chunk.length
+            for chunk in self._cdc().cut_stream(f):
+                bid, new = save(DATA, chunk.data)
+                ids.append(bid)
+                size += chunk.length
+                if new:
+                    added += chunk.length
             after = os.fstat(fd)
         if strict and (after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns or size != before.st_size):
             raise FileChanged
         return ids, size, added
+
+    def _read_small(self, fd: int, expect: os.stat_result, strict: bool, small: int):
+        """A file of at most one chunk: read to its end, then one fstat, compared with the
+        walk's lstat (size, mtime, and the bytes read). Most files are small, and every
+        system call hands the GIL to another thread, so this path makes as few as it can.
+        None when the file grew past one chunk and ``strict`` is off."""
+        buf = b""
+        while len(buf) <= small:
+            more = os.read(fd, small + 1 - len(buf))
+            if not more:
+                break
+            buf += more
+        after = os.fstat(fd)
+        if not stat.S_ISREG(after.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file any more")
+        if len(buf) > small:
+            if strict:
+                raise FileChanged
+            return None
+        if strict and (len(buf) != expect.st_size or after.st_size != expect.st_size
+                       or after.st_mtime_ns != expect.st_mtime_ns):
+            raise FileChanged
+        if not buf:
+            return [], 0, 0
+        bid, new = self.repo.save_blob(DATA, buf)
+        return [bid], len(buf), len(buf) if new else 0

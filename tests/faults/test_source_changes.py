@@ -101,3 +101,32 @@ def test_file_rewritten_during_every_read_is_stored_with_a_warning(local_repo, t
     del local_repo.save_blob
     assert [w.path for w in ev.of(Warning_)] == [os.fsencode(f)]
     assert res.snapshot is not None and res.errors == 0
+
+
+@pytest.mark.parametrize("size", [10, 400_000])  # the small-file path and the chunked path
+def test_file_replaced_by_a_fifo_before_the_read_does_not_block(local_repo, tmp_path, size):
+    """Opening a FIFO for reading waits for a writer; a backup must never hang on one
+    that took a file's place between the walk and the read."""
+    import threading
+
+    from lbk.ops.walk import Reader
+
+    f = tmp_path / "was-a-file"
+    f.write_bytes(os.urandom(size))
+    st = os.lstat(f)
+    f.unlink()
+    os.mkfifo(f)
+    outcome = []
+
+    def read():
+        try:
+            Reader(local_repo).read(os.fsencode(f), st)
+            outcome.append("read")
+        except OSError as e:
+            outcome.append(e.strerror)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the read blocked on a FIFO"
+    assert outcome == ["not a regular file any more"]
