@@ -107,6 +107,23 @@ def lbk_popen(*args, env=None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lbk", *map(str, args)], env=e, **kw)
 
 
+def remove_tree(root: str) -> None:
+    """rmtree that does not recurse (pytest's cleanup would hit the recursion limit)."""
+    if not os.path.lexists(root):
+        return
+    stack, dirs = [root], []
+    while stack:
+        d = stack.pop()
+        dirs.append(d)
+        for e in os.scandir(d):
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            else:
+                os.unlink(e.path)
+    for d in reversed(dirs):
+        os.rmdir(d)
+
+
 def files_under(root) -> dict[str, bytes]:
     """Every regular file beneath ``root``: relative path -> content (a repository's
     files, to show that a command wrote nothing; a restore, to compare it)."""

@@ -22,6 +22,13 @@ from lbk.cli.output import Output
 from lbk.errors import ExitCode, Interrupted, LbkError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# Trees are walked recursively, about two frames per directory level. A path ends at
+# PATH_MAX (4096 bytes: at most 2048 levels), which Python's default limit of 1000 frames
+# does not reach. 20,000 covers it with room and stays well inside an 8 MiB C stack
+# where decoding recurses in C (json: 3.11 counts those frames against this limit; it
+# crashes near 100,000). Deeper forged trees still end in a clean "nested too deeply".
+TREE_RECURSION_LIMIT = 20_000
 _state = {"json": False}
 
 
@@ -155,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     _state["json"] = False
+    if sys.getrecursionlimit() < TREE_RECURSION_LIMIT:
+        sys.setrecursionlimit(TREE_RECURSION_LIMIT)
     try:
         rv = cli.main(args=argv, prog_name="lbk", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0

@@ -132,7 +132,7 @@ def test_no_repository_configured(lbk):
     [
         # found by fuzzing (tests/fuzz, target user_config): a UnicodeDecodeError escaped
         (b'repository = "/srv/\xe9"\n', ["snapshots"], "not UTF-8"),
-        (b"x = " + b"[" * 5000, ["snapshots"], "nested too deeply"),  # RecursionError in tomllib
+        (b"x = " + b"[" * 50_000, ["snapshots"], "nested too deeply"),  # RecursionError in tomllib
         (b"repository = 5\n", ["snapshots"], "repository must be a string"),
         (b"repository = [\n", ["snapshots"], "cannot read"),
         (b"watch_paths = 5\n", ["watch"], "watch_paths in config.toml must be a list"),  # TypeError in watch

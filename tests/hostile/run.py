@@ -57,21 +57,6 @@ def tree_listing(root: str, skip: tuple[str, ...]) -> set[str]:
     return out
 
 
-def remove_tree(root: str) -> None:
-    """rmtree that does not recurse (pytest's cleanup would hit the recursion limit)."""
-    if not os.path.lexists(root):
-        return
-    stack, dirs = [root], []
-    while stack:
-        d = stack.pop()
-        dirs.append(d)
-        for e in os.scandir(d):
-            if e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
-            else:
-                os.unlink(e.path)
-    for d in reversed(dirs):
-        os.rmdir(d)
 
 
 def assert_clean_failure(res: subprocess.CompletedProcess, command: str, code: int, names: str | None) -> None:
