@@ -44,14 +44,13 @@ from typing import Iterable
 
 import blake3
 
-from lbk.backend.base import NotFound
 from lbk.cache import Cache
 from lbk.errors import LbkError
 from lbk.events import Emit, Progress, discard
 from lbk.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Snapshot
 from lbk.ops.restore import tree_nodes
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import listed, load_snapshot
+from lbk.repo.snapshots import listed, load_if_readable
 
 CATALOG_VERSION = 1
 FILE_NAME = "catalog.sqlite"
@@ -275,7 +274,7 @@ class Catalog:
             emit(Progress("catalog", 0, 0, files_total=len(new)))
             with ThreadPoolExecutor(8) as ex:
                 for part in _chunks(new, COMMIT_EVERY):
-                    snaps = [s for s in ex.map(lambda n: _load_or_none(repo, n), part) if s is not None]
+                    snaps = [s for s in ex.map(lambda n: load_if_readable(repo, n), part) if s is not None]
                     self._begin()
                     try:
                         for snap in snaps:
@@ -593,13 +592,6 @@ class Catalog:
 
 def _entry(r) -> Entry:
     return Entry(bytes(r[0]), TYPE_NAMES[r[1]], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]))
-
-
-def _load_or_none(repo: Repository, name: str) -> Snapshot | None:
-    try:
-        return load_snapshot(repo, name)
-    except NotFound:  # forgotten between listing and loading
-        return None
 
 
 def _connect(path: str) -> sqlite3.Connection:

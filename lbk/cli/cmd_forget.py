@@ -99,12 +99,14 @@ def forget_cmd(ids, last, within, hourly, daily, weekly, monthly, yearly, keep_t
             for g in res.groups
         ],
         "kept": [x.id for x in res.kept],
-        "removed": [x.id for x in res.removed],
+        "removed": [x.id for x in res.removed] + res.removed_damaged,
         "prune": res.prune.to_json() if res.prune is not None else None,
     })
     verb = "would remove" if dry_run else "removed"
     if res.explicit:
         _table(s.out, f"{verb} {len(res.removed)} snapshots", [Decision(x, False, []) for x in res.removed])
+        for name in res.removed_damaged:
+            s.out.print(f"{verb} damaged snapshot {name[:8]}")
     else:
         s.out.print(f"policy: {policy.describe()}")
         for g in res.groups:

@@ -128,9 +128,15 @@ class Settings:
     def open_repo(self) -> "Repository":
         from lbk.repo.repository import Repository
 
+        from lbk.repo.snapshots import on_damaged
+
         repo = Repository.open(self.backend(), self.password)
+        on_damaged(repo, self._warn_damaged)
         self.track(repo)
         return repo
+
+    def _warn_damaged(self, name: str, message: str) -> None:
+        self.out.warn(f"skipped a damaged snapshot: {message}; remove it with 'lbk forget {name[:8]}'")
 
     def track(self, repo: "Repository", created: bool = False) -> None:
         """Remember which repository the URL in effect names, and keep the cache's list

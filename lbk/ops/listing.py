@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from lbk.errors import LbkError
+from lbk.errors import FormatError, LbkError, RefError
 from lbk.model import DIR, Node, Snapshot
 from lbk.ops.refs import Filter, resolve
 from lbk.ops.restore import tree_nodes
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import load_all
+from lbk.repo.snapshots import damaged_snapshots, load_all
 
 
 def list_snapshots(repo: Repository, flt: Filter = Filter(), latest: int | None = None) -> list[Snapshot]:
@@ -26,7 +26,14 @@ def list_snapshots(repo: Repository, flt: Filter = Filter(), latest: int | None 
 
 
 def find_snapshot(repo: Repository, ref: str, flt: Filter = Filter()) -> Snapshot:
-    return resolve(ref, load_all(repo), flt)
+    snaps = load_all(repo)
+    try:
+        return resolve(ref, snaps, flt)
+    except RefError:
+        hits = [n for n in damaged_snapshots(repo) if n.startswith(ref)]
+        if len(hits) == 1 and not any(s.id.startswith(ref) for s in snaps):  # say why it is not there
+            raise FormatError(f"snapshot {hits[0][:8]} is damaged and cannot be read ('lbk check' names the damage)") from None
+        raise
 
 
 def snapshot_json(x: Snapshot) -> dict:

@@ -32,13 +32,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from lbk.errors import UsageError
+from lbk.errors import RefError, UsageError
 from lbk.events import Emit, discard
 from lbk.model import Snapshot
 from lbk.ops import prune as prune_mod
 from lbk.ops.refs import Filter, resolve
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import load_all, remove_snapshot
+from lbk.repo.snapshots import damaged_snapshots, load_all, remove_snapshot
 
 _DURATION_PART = re.compile(r"(\d+)([ymdh])")
 _TIMESTAMP_NAME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?\Z")
@@ -243,6 +243,17 @@ def apply_policy(snaps: list[Snapshot], policy: Policy, now: datetime | None = N
 # -- forget --------------------------------------------------------------------------------
 
 
+def _damaged_by_id(repo: Repository, ref: str, snaps: list[Snapshot]) -> str | None:
+    """The damaged snapshot file ``ref`` (an id prefix) names, when no readable one matches:
+    the way to remove a snapshot that cannot be read (prune refuses while one is there)."""
+    if not re.fullmatch(r"[0-9a-f]{4,64}", ref) or any(s.id.startswith(ref) for s in snaps):
+        return None
+    hits = [n for n in damaged_snapshots(repo) if n.startswith(ref)]
+    if len(hits) > 1:
+        raise RefError(f"snapshot id prefix {ref!r} is ambiguous ({len(hits)} snapshots match)")
+    return hits[0] if hits else None
+
+
 @dataclass
 class ForgetResult:
     groups: list[Group]
@@ -251,6 +262,7 @@ class ForgetResult:
     dry_run: bool
     explicit: bool = False
     prune: object | None = None  # a PruneResult when --prune was given
+    removed_damaged: list[str] = field(default_factory=list)  # unreadable snapshot files named by id
 
 
 def forget(
@@ -277,12 +289,17 @@ def forget(
         snaps = load_all(repo)
         if ids:
             chosen: dict[str, Snapshot] = {}
+            damaged: set[str] = set()
             for ref in ids:
+                name = _damaged_by_id(repo, ref, snaps)
+                if name:
+                    damaged.add(name)
+                    continue
                 s = resolve(ref, snaps, flt)
                 chosen[s.id] = s
             removed = sorted(chosen.values(), key=lambda s: (s.time, s.id))
             kept = [s for s in snaps if s.id not in chosen]
-            res = ForgetResult([], kept, removed, dry_run, explicit=True)
+            res = ForgetResult([], kept, removed, dry_run, explicit=True, removed_damaged=sorted(damaged))
         else:
             considered = [s for s in snaps if flt.matches(s)]
             groups = apply_policy(considered, policy, now)
@@ -296,6 +313,8 @@ def forget(
         if not dry_run:
             for s in res.removed:
                 remove_snapshot(repo, s.id)
+            for name in res.removed_damaged:
+                remove_snapshot(repo, name)
         if prune:
             if dry_run:
                 res.prune = prune_mod.plan_result(repo, res.kept, max_unused, emit)

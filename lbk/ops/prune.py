@@ -41,7 +41,7 @@ from lbk.events import Emit, Progress, discard
 from lbk.model import DIR, FILE, TREE_VERSION, Snapshot, decode_id
 from lbk.repo.pack import TREE, PackEntry
 from lbk.repo.repository import Repository, remove_files
-from lbk.repo.snapshots import load_all
+from lbk.repo.snapshots import damaged_snapshots, load_all
 
 DEFAULT_MAX_UNUSED = 5.0
 WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -231,6 +231,13 @@ def plan(repo: Repository, snapshots: list[Snapshot] | None, max_unused: float |
     idx = repo.load_index()
     p.pack_sizes = {f.name: f.size for f in backend.list(FileKind.DATA)}
     snaps = load_all(repo) if snapshots is None else snapshots
+    damaged = damaged_snapshots(repo)
+    if damaged:
+        name = min(damaged)
+        raise PruneError(
+            f"snapshot {name[:8]} is damaged; prune must read every snapshot to know which data is in use: "
+            f"remove it with 'lbk forget {name[:8]}' first - nothing was deleted"
+        )
     p.snapshots = len(snaps)
     used = used_blobs(repo, snaps, emit)
     missing = [b for b in used if b not in idx]

@@ -20,6 +20,7 @@ COMMANDS = {
     "snapshots": ["snapshots"],
     "ls": ["ls", "-l", "-R", "latest"],
     "restore": ["restore", "latest", "--target", "{target}"],
+    "restore-it": ["restore", "{snap}", "--target", "{target}"],
     "check": ["check"],
     "read-data": ["check", "--read-data"],
     "stats": ["stats"],
@@ -30,6 +31,7 @@ COMMANDS = {
     "cat-blob": ["cat", "blob", "{blob_id}"],
     "rollback": ["rollback", "{live}", "--to", "latest", "--dry-run"],
     "backup": ["backup", "{live}"],
+    "prune": ["prune"],
     "key-list": ["key", "list"],
 }
 
@@ -61,15 +63,18 @@ def tree_listing(root: str, skip: tuple[str, ...]) -> set[str]:
 
 def assert_clean_failure(res: subprocess.CompletedProcess, command: str, code: int, names: str | None) -> None:
     """Exit ``code``; no traceback and no 'internal error'; when it failed, stderr is ONE
-    line naming the object (``names``, a regex) - or, for restore and check, which go on
+    line (after any warnings that a damaged snapshot was skipped) naming the object (``names``, a regex) - or, for restore and check, which go on
     past a damaged object, only error/warning lines, one of which names it."""
     err = res.stderr
     assert "Traceback" not in err and "internal error" not in err, err
     assert res.returncode == code, f"exit {res.returncode}, want {code}: {err}"
-    if code == 0:
+    if code == 0:  # it went on past the damage: a warning names what it skipped
+        if names:
+            assert re.search(names, err), f"{names!r} not named in: {err}"
         return
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    one_line = len(lines) == 1 and lines[0].startswith("lbk: ")
+    skipped = [ln for ln in lines if ln.startswith("warning: skipped a damaged snapshot")]
+    one_line = len(lines) - len(skipped) == 1 and lines[-1].startswith("lbk: ")
     goes_on = command in ("restore", "check", "read-data") and all(
         ln.startswith(("error: ", "warning: ")) for ln in lines
     )
