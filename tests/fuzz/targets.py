@@ -126,7 +126,7 @@ def key_file(data: bytes) -> None:
     except LbkError as e:
         return _refused(e, what)
     assert len(kf.salt) == crypto.SALT, "libsodium's Argon2id takes a 16-byte salt"
-    assert crypto.KDF_OPS_FAST <= kf.ops <= 64 and crypto.KDF_MEM_FAST <= kf.mem <= 4 << 30
+    assert crypto.KDF_OPS_FAST <= kf.ops <= 10 and crypto.KDF_MEM_FAST <= kf.mem <= 1 << 30
     assert len(kf.sealed) >= crypto.OVERHEAD
     if (kf.ops, kf.mem) == (crypto.KDF_OPS_FAST, crypto.KDF_MEM_FAST):  # the whole open, when it is cheap
         try:

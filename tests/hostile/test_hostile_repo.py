@@ -120,9 +120,10 @@ KEYS = [
          [("snapshots", 1, r"keys/{key}\w*: malformed key file")]),
     Case("key-wrong-shape-only", key_file(lambda d: b'{"version": 1, "kdf": []}', False),
          [("snapshots", 1, r"keys/{key}\w*: malformed key file")]),
-    # within the documented range, but more than the memory limit lets Argon2 have
     Case("key-kdf-4GiB-only", key_file(_kdf(mem=4 << 30), False),
-         [("snapshots", 1, r"keys/{key}\w*: cannot derive its key")]),
+         [("snapshots", 1, r"keys/{key}\w*: implausible KDF parameters \(ops=1, mem=4294967296\)")]),
+    Case("key-kdf-11-passes-only", key_file(_kdf(ops=11), False),
+         [("snapshots", 1, r"keys/{key}\w*: implausible KDF parameters \(ops=11, mem=\d+\)")]),
     Case("key-kdf-2^50-only", key_file(_kdf(mem=2**50), False),
          [("snapshots", 1, r"keys/{key}\w*: implausible KDF parameters \(ops=1, mem=1125899906842624\)")]),
     Case("key-sealed-master-short", key_file(lambda d: json.dumps(dict(d, data=F.b64(b"x" * 10))).encode(), False),
@@ -437,7 +438,7 @@ CASES = CONFIG + KEYS + INDEX + PACK + SNAPSHOT + TREES + DATA_BLOBS
 # Cases like another one in the fast set (the same check on another field or kind): slow.
 SLOW_CASES = {
     "config-truncated", "config-version-2", "config-wrong-shape", "config-deep-json", "config-pack-size-2^62",
-    "config-seed-2^80", "key-truncated-only", "key-deep-json-only", "key-wrong-shape-only", "key-sealed-master-short",
+    "config-seed-2^80", "key-truncated-only", "key-deep-json-only", "key-kdf-11-passes-only", "key-wrong-shape-only", "key-sealed-master-short",
     "index-truncated", "index-version-2", "index-empty", "index-2^32-1-blobs", "index-2^32-1-supersedes",
     "index-raw-length-2^30", "index-supersedes-everything", "pack-truncated-to-2-bytes", "pack-header-version-9",
     "pack-header-bad-type-and-size", "pack-header-lengths-do-not-add-up", "pack-header-shorter-than-possible",

@@ -155,11 +155,12 @@ SALT = bytes(crypto.SALT)
     [
         (0, crypto.KDF_MEM_FAST),
         (crypto.KDF_OPS_FAST - 1, crypto.KDF_MEM_FAST),
-        (65, crypto.KDF_MEM_FAST),
+        (11, crypto.KDF_MEM_FAST),
         (10**9, crypto.KDF_MEM_FAST),
         (crypto.KDF_OPS_FAST, 0),
         (crypto.KDF_OPS_FAST, crypto.KDF_MEM_FAST - 1),
-        (crypto.KDF_OPS_FAST, (4 << 30) + 1),
+        (crypto.KDF_OPS_FAST, (1 << 30) + 1),
+        (crypto.KDF_OPS_FAST, 4 << 30),
         (-1, -1),
     ],
 )
