@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from tests.helpers import *  # noqa: F401,F403  (fixtures: lbk_env, mem_repo, local_repo, lbk, ...)
 from tests.sshd import ssh_home, sshd, sshd_factory  # noqa: F401  (real OpenSSH sshd on loopback)

@@ -30,7 +30,7 @@ from lbk.ops import repo_admin
 from lbk.repo import crypto, index as index_mod, lock as lock_mod, repository as repository_mod
 from lbk.repo.pack import DATA, TREE
 from lbk.repo.repository import Repository
-from tests.helpers import PASSWORD, lbk_env, mem_repo  # noqa: F401  (fixtures, explicit so this file stands alone)
+from tests.helpers import PASSWORD
 
 PW = PASSWORD.encode()
 

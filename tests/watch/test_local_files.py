@@ -4,7 +4,6 @@ file names (spool.py). Damaged or foreign files are skipped, never a traceback."
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 
 import pytest
@@ -64,7 +63,7 @@ def test_damaged_state_is_skipped(tmp_path, raw):
         ("000000000001.coufig.config", None),  # found by fuzzing: ValueError escaped the spool
         (f"000000000001.config.{H}", None),  # a kind and a name that do not go together
         ("000000000001.data.config", None),
-        (f"\u0660" * 12 + f".data.{H}", None),  # Arabic-Indic digits are not a sequence number
+        ("\u0660" * 12 + f".data.{H}", None),  # Arabic-Indic digits are not a sequence number
         (f"000000000001.data.{H}.tmp-5", None),
         (".tmp-1234", None),
     ],

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import assert_same_tree, lbk_proc
+from tests.helpers import lbk_proc
 
 
 class WatchProc:
