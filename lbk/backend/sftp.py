@@ -94,6 +94,7 @@ with warnings.catch_warnings():
     import asyncssh
 
 from lbk.backend.base import AlreadyExists, BackendError, FileInfo, FileKind, Handle, NotFound, check_range
+from lbk import faults
 from lbk.errors import UsageError
 
 __all__ = ["SftpTarget", "SftpBackend", "parse_sftp_url", "open_sftp"]
@@ -620,6 +621,36 @@ class SftpBackend:
 
         try:
             self._call(op, f"cannot remove {h}")
+        except NotFound:
+            raise NotFound(f"{h} not found") from None
+
+    def wipe(self, h: Handle) -> None:
+        """Overwrite a file in place (same inode: opened for writing without truncation)
+        with random bytes, fsync it when the server can, then remove it - as the local
+        backend does, for key files (``Repository.remove_wiped``)."""
+
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            path = self._path(h)
+            f = await sftp.open(path, "r+b")  # FXF_READ|FXF_WRITE: no O_TRUNC, no new inode
+            try:
+                size = (await f.stat()).size or 0
+                done = 0
+                while done < size:
+                    n = min(size - done, 1 << 20)
+                    await f.write(os.urandom(n), done)
+                    done += n
+                if self._fsync:
+                    try:
+                        await f.fsync()
+                    except asyncssh.SFTPOpUnsupported:
+                        self._fsync = False
+            finally:
+                await f.close()
+            faults.point("wipe")  # tests kill between the overwrite and the removal
+            await sftp.remove(path)
+
+        try:
+            self._call(op, f"cannot wipe {h}")
         except NotFound:
             raise NotFound(f"{h} not found") from None
 

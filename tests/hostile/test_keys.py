@@ -2,8 +2,8 @@
 
 A removed key file and its old password open the repository for as long as the bytes
 exist, so ``key remove`` and ``key passwd`` overwrite the file in place on a local disk
-(checked through a hard link and an open descriptor to the same inode) and replace the
-object with random bytes elsewhere; the last key and the key in use are never removed.
+and over SFTP (checked through a hard link and an open descriptor to the same inode) and
+replace the object with random bytes elsewhere; the last key and the key in use are never removed.
 """
 
 from __future__ import annotations
@@ -56,6 +56,28 @@ def test_old_key_file_is_overwritten_in_place_then_removed(tmp_path, two_keys, h
     assert len(through_fd) == len(original) and through_fd != original
     assert b'"kdf"' not in through_fd and b"argon2id" not in through_fd
     assert lbk_proc("-r", repo, "snapshots", env={"LBK_PASSWORD": old_password}).returncode == ExitCode.WRONG_PASSWORD
+
+
+def test_over_sftp_the_old_key_file_is_overwritten_in_place(ssh_home, tmp_path):
+    """SFTP opens the file for writing without truncation: the same inode gets the random
+    bytes (a rename over it would leave the old bytes in the freed blocks)."""
+    where = ssh_home.server.root / f"{tmp_path.name}-repo"
+    url = ssh_home.url(where)
+    assert lbk_proc("-r", url, "init").returncode == 0
+    (tmp_path / "second").write_text("second password")
+    assert lbk_proc("-r", url, "key", "add", "--new-password-file", tmp_path / "second").returncode == 0
+    keys = json.loads(lbk_proc("-r", url, "key", "list", "--json").stdout)
+    other = next(k["id"] for k in keys if not k["current"])
+    path = where / "keys" / other
+    original = path.read_bytes()
+    os.link(path, tmp_path / "held")
+    res = lbk_proc("-r", url, "key", "remove", other[:8])
+    assert res.returncode == 0, res.stderr
+    assert not path.exists()
+    held = (tmp_path / "held").read_bytes()
+    assert len(held) == len(original) and held != original and b"argon2id" not in held
+    res = lbk_proc("-r", url, "snapshots", env={"LBK_PASSWORD": "second password"})
+    assert res.returncode == ExitCode.WRONG_PASSWORD
 
 
 class RecordingBackend(MemoryBackend):
