@@ -68,17 +68,23 @@ class Excluder:
                 self.path_patterns.append(_compile(p.rstrip("/")))
             else:
                 self.name_patterns.append(_compile(p.rstrip("/")))
+        # One regex per kind, the patterns as alternatives (each ends in \Z): every entry
+        # of a backup is tested, and one match call costs a seventh of seven.
+        self._names = _any_of(self.name_patterns)
+        self._paths = _any_of(self.path_patterns)
 
     def excluded(self, path: bytes, name: bytes) -> bool:
         if path in self.exact_paths:
             return True
-        for r in self.name_patterns:
-            if r.match(name):
-                return True
-        for r in self.path_patterns:
-            if r.match(path):
-                return True
-        return False
+        if self._names is not None and self._names.match(name):
+            return True
+        return self._paths is not None and self._paths.match(path) is not None
+
+
+def _any_of(patterns: list[re.Pattern[bytes]]) -> re.Pattern[bytes] | None:
+    if not patterns:
+        return None
+    return re.compile(b"|".join(b"(?:" + r.pattern + b")" for r in patterns), re.DOTALL)
 
 
 def read_exclude_file(path: str) -> list[str]:

@@ -2,8 +2,10 @@
 
 The change is made for real on the file system, from inside the read: right after the
 first chunk of the file was handed to the repository (a hook on ``save_blob``), so the
-timing is exact. Whatever happens, the snapshot holds a version of the file that really
-existed, byte for byte, never a mix of two.
+timing is exact. Files above ``WHOLE_FILE`` are streamed, chunk by chunk, so the change
+lands mid-read; smaller ones are read whole before their first chunk is stored, so it
+lands after a complete, consistent read. Whatever happens, the snapshot holds a version
+of the file that really existed, byte for byte, never a mix of two.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import pytest
 from lbk.events import Collector, Warning_
 from lbk.ops.backup import BackupOptions, backup
 from lbk.ops.restore import RestoreOptions, restore
+from lbk.ops.walk import WHOLE_FILE
 
-SIZE = 3 << 20  # read in several content-defined chunks (min 256 KiB)
+SIZE = WHOLE_FILE + (3 << 20)  # streamed, in several content-defined chunks (min 256 KiB)
 
 
 def truncate(path, old):
@@ -37,21 +40,24 @@ def replace(path, old):
 
 def rewrite_middle(path, old):
     with open(path, "r+b") as f:
-        f.seek(SIZE // 2)
+        f.seek(len(old) // 2)
         f.write(b"\xff" * 4096)
 
 
-@pytest.mark.parametrize("change,stored", [
-    (truncate, "new"),  # the read notices, reads again: the truncated file
-    (grow, "new"),
-    (replace, "old"),  # the old inode is read whole and consistently; the next backup takes the new one
-    (rewrite_middle, "new"),
+@pytest.mark.parametrize("size,change,stored", [
+    (SIZE, truncate, "new"),  # the read notices, reads again: the truncated file
+    (SIZE, grow, "new"),
+    (SIZE, replace, "old"),  # the old inode is read whole and consistently; the next backup takes the new one
+    (SIZE, rewrite_middle, "new"),
+    # read whole: the change comes after a complete read that fstat confirmed
+    (3 << 20, truncate, "old"),
+    (3 << 20, rewrite_middle, "old"),
 ])
-def test_file_changed_during_read_is_stored_as_one_real_version(local_repo, tmp_path, change, stored):
+def test_file_changed_during_read_is_stored_as_one_real_version(local_repo, tmp_path, size, change, stored):
     src = tmp_path / "src"
     src.mkdir()
     f = src / "data.bin"
-    old = os.urandom(SIZE)
+    old = os.urandom(size)
     f.write_bytes(old)
     real = local_repo.save_blob
     calls = {"n": 0}
@@ -103,7 +109,7 @@ def test_file_rewritten_during_every_read_is_stored_with_a_warning(local_repo, t
     assert res.snapshot is not None and res.errors == 0
 
 
-@pytest.mark.parametrize("size", [10, 400_000])  # the small-file path and the chunked path
+@pytest.mark.parametrize("size", [10, 400_000, WHOLE_FILE + 1])  # one chunk, read whole, streamed
 def test_file_replaced_by_a_fifo_before_the_read_does_not_block(local_repo, tmp_path, size):
     """Opening a FIFO for reading waits for a writer; a backup must never hang on one
     that took a file's place between the walk and the read."""
