@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,13 +19,17 @@ from lbk.backend.base import BackendError, FileKind, Handle
 from lbk.errors import FormatError, IntegrityError, UsageError
 from lbk.events import Emit, Progress
 from lbk.model import DIR, FILE, decode_tree
-from lbk.repo import crypto, index as index_mod
+from lbk.repo import compress, crypto, index as index_mod
 from lbk.repo.index import Index
 from lbk.repo.pack import TREE, PackEntry, header_length, parse_header
 from lbk.repo.repository import Repository
 from lbk.repo.snapshots import load_snapshot
 
 _DAMAGE = (IntegrityError, FormatError, BackendError)
+# --read-data verifies every tree as it reads tree packs; their compressed payloads (a
+# few per cent of a repository) are kept up to this many bytes, so that the walk over
+# the snapshots does not read, decrypt and hash each tree a second time.
+TREES_KEPT_MAX = 256 << 20
 
 
 @dataclass
@@ -97,9 +102,11 @@ def inspect_pack(repo: Repository, pack_id: str, data: bytes) -> tuple[bool, lis
 
 
 def verify_blobs(repo: Repository, pack_id: str, data: bytes, entries: list[PackEntry],
-                 keep: bool = False) -> tuple[list[tuple[PackEntry, bytes | None]], list[tuple[PackEntry, str]]]:
+                 keep: bool = False, payload: bool = False,
+                 ) -> tuple[list[tuple[PackEntry, bytes | None]], list[tuple[PackEntry, str]]]:
     """Open every blob of ``entries`` in a pack's bytes and recompute its id:
-    (good entries with their plaintext when ``keep``, bad entries with the reason)."""
+    (good entries with their plaintext when ``keep`` - or their compressed payload with
+    ``payload`` - and bad entries with the reason)."""
     good: list[tuple[PackEntry, bytes | None]] = []
     bad: list[tuple[PackEntry, str]] = []
     view = memoryview(data)
@@ -108,11 +115,11 @@ def verify_blobs(repo: Repository, pack_id: str, data: bytes, entries: list[Pack
             bad.append((e, "blob lies beyond the end of the pack (truncated)"))
             continue
         try:
-            plain = repo.verify_blob(pack_id, e, view[e.offset : e.offset + e.length])
+            plain = repo.verify_blob(pack_id, e, view[e.offset : e.offset + e.length], payload)
         except _DAMAGE as err:
             bad.append((e, err.message))
             continue
-        good.append((e, plain if keep else None))
+        good.append((e, plain if keep or payload else None))
     return good, bad
 
 
@@ -122,6 +129,9 @@ class Checker:
         self.emit = emit
         self.result = CheckResult()
         self.damaged: dict[bytes, str] = {}  # blob id -> reason
+        self.trees: dict[bytes, tuple[bytes, int]] = {}  # verified tree id -> (payload, raw length)
+        self._trees_bytes = 0
+        self._trees_lock = threading.Lock()
 
     def problem(self, *a, **kw) -> None:
         self.result.problems.append(Problem(*a, **kw))
@@ -178,7 +188,14 @@ class Checker:
             for e in entries:
                 if (e.id, e.offset, e.length) not in own_ids:
                     self.problem("pack", pack_id, f"index entry for blob {e.id.hex()[:16]} disagrees with the pack header")
-        _good, bad = verify_blobs(self.repo, pack_id, data, entries)
+        tree_pack = bool(entries) and all(e.type == TREE for e in entries)
+        good, bad = verify_blobs(self.repo, pack_id, data, entries, payload=tree_pack)
+        if tree_pack:
+            with self._trees_lock:
+                for e, payload in good:
+                    if self._trees_bytes + len(payload) <= TREES_KEPT_MAX:
+                        self.trees[e.id] = (payload, e.raw_length)
+                        self._trees_bytes += len(payload)
         return [(e.id, reason) for e, reason in bad]
 
     def read_data(self, idx: Index, subset: tuple | None) -> None:
@@ -223,7 +240,9 @@ class Checker:
             loc = idx.get(tree_id)
             if loc is None:
                 raise IntegrityError(f"{what}: not in any index (missing)")
-            nodes = decode_tree(self.repo.load_blob(TREE, tree_id), what)
+            kept = self.trees.pop(tree_id, None)  # verified while reading its pack
+            data = compress.decompress(*kept, what) if kept else self.repo.load_blob(TREE, tree_id)
+            nodes = decode_tree(data, what)
         except _DAMAGE as e:
             self.problem("tree", tree_id.hex(), e.message, snapshot=snap[:8], path=os.fsdecode(path))
         else:

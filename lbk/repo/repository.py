@@ -379,6 +379,11 @@ class Repository:
             raise
 
     def decode_blob(self, loc: BlobLocation, blob_id: bytes, raw: bytes) -> bytes:
+        return self.open_blob(loc, blob_id, raw)[0]
+
+    def open_blob(self, loc: BlobLocation, blob_id: bytes, raw: bytes) -> tuple[bytes, bytes]:
+        """``decode_blob``'s work, returning (plaintext, its compressed payload): a caller
+        that keeps verified blobs for later keeps the payload, a fraction of the size."""
         what = f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}"
         plain = crypto.open_sealed(self.master.encrypt, raw, pack_mod.blob_ad(loc.type, blob_id), what)
         data = compress.decompress(plain, loc.raw_length, what)
@@ -388,14 +393,17 @@ class Repository:
             # the MAC binds the id, so only a holder of the key could seal wrong content under
             # an id; checking costs one keyed hash and makes a tree cycle impossible
             raise IntegrityError(f"{what}: content does not match its id")
-        return data
+        return data, plain
 
-    def verify_blob(self, pack_id: str, entry: pack_mod.PackEntry, raw: bytes | memoryview) -> bytes:
+    def verify_blob(self, pack_id: str, entry: pack_mod.PackEntry, raw: bytes | memoryview,
+                    payload: bool = False) -> bytes:
         """Open one blob read from a pack at the place its pack header says (authenticate,
-        decompress, check its id); returns the plaintext. Used by everything that reads
-        packs whole: check --read-data, prune's repacking, repair index --read-data."""
+        decompress, check its id); returns the plaintext, or with ``payload`` its verified
+        compressed payload. Used by everything that reads packs whole: check --read-data,
+        prune's repacking, repair index --read-data."""
         loc = BlobLocation(pack_id, entry.type, entry.offset, entry.length, entry.raw_length)
-        return self.decode_blob(loc, entry.id, bytes(raw))
+        data, compressed = self.open_blob(loc, entry.id, bytes(raw))
+        return compressed if payload else data
 
     def pack_entries(self, pack_id: str) -> list[pack_mod.PackEntry]:
         """Read a pack's own header (for check and index repair)."""

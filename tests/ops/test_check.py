@@ -63,6 +63,37 @@ def test_flipped_byte_in_pack_is_found_and_traced(populated):
     assert not any("bystander" in p.path for p in res.problems)
 
 
+def test_read_data_walks_the_trees_it_verified_without_reading_them_again(populated, monkeypatch):
+    repo, src, s1, s2 = populated
+    loads = []
+    real = repo.load_blob
+    monkeypatch.setattr(repo, "load_blob", lambda t, bid: loads.append(bid) or real(t, bid))
+    res = check(repo, Collector(), read_data=True)
+    assert res.ok and res.trees > 2
+    assert loads == []  # every tree came from its verified pack
+    res = check(repo, Collector())  # without --read-data the walk loads each tree
+    assert res.ok and len(loads) == res.trees
+
+
+def test_flipped_byte_in_a_tree_is_found_and_traced_with_read_data(populated):
+    repo, src, s1, s2 = populated
+    from tests.ops.test_backup_restore import subtree
+
+    tree_id = subtree(repo, s2, src)  # only the second snapshot has this directory tree
+    pack, path, loc = _data_pack_of(repo, tree_id)
+    with open(path, "r+b") as f:
+        f.seek(loc.offset + loc.length // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x01]))
+    repo._tree_cache.clear()
+    res = check(repo, Collector(), read_data=True)
+    assert not res.ok
+    trees = [p for p in res.problems if p.kind == "tree"]
+    assert {p.object for p in trees} == {tree_id.hex()} and {p.snapshot for p in trees} == {s2.id[:8]}
+    assert any(p.kind == "blob" and p.object == tree_id.hex() for p in res.problems)
+
+
 def test_missing_pack_is_reported(populated):
     repo, src, s1, s2 = populated
     for p in _pack_paths(repo):
