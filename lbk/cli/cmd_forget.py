@@ -66,7 +66,9 @@ def forget_cmd(ids, last, within, hourly, daily, weekly, monthly, yearly, keep_t
     are kept by --keep-checkpoints only: the newest N of each name (default timestamp
     names count as one name); without it they are not touched. pre-rollback snapshots
     younger than --keep-pre-rollback (7d) are always kept. With no rule at all, forget
-    refuses to run. Data is only freed by prune (or --prune).
+    refuses to run. Data is only freed by prune (or --prune). A snapshot whose file is
+    damaged (listings skip it with a warning) is never removed by a rule, only by its ID;
+    prune refuses to run until it is gone.
 
     \b
     Example:
