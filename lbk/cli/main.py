@@ -13,6 +13,7 @@ import os
 import pkgutil
 import re
 import sys
+import threading
 
 import click
 
@@ -23,12 +24,32 @@ from lbk.errors import ExitCode, Interrupted, LbkError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# Trees are walked recursively, about two frames per directory level. A path ends at
-# PATH_MAX (4096 bytes: at most 2048 levels), which Python's default limit of 1000 frames
-# does not reach. 20,000 covers it with room and stays well inside an 8 MiB C stack
-# where decoding recurses in C (json: 3.11 counts those frames against this limit; it
-# crashes near 100,000). Deeper forged trees still end in a clean "nested too deeply".
+# Trees are walked recursively, two to three frames per directory level. A path ends at
+# PATH_MAX (4096 bytes: at most 2048 levels), which Python's default limit of 1,000
+# frames does not reach. Frames that recurse through C (generators, json) take up to
+# ~500 bytes of C stack each (measured: ls -R of a forged chain crashed 1/2/4 MiB stacks
+# at 4,000/8,000/16,000 frames), so the limit is one frame per KiB of stack: 8,192 with
+# the usual 8 MiB, enough for any path; a smaller stack gets a smaller limit, never a
+# crash. Deeper (forged) trees end in a clean "nested too deeply".
+STACK_BYTES_PER_FRAME = 1024
 TREE_RECURSION_LIMIT = 20_000
+
+
+def allow_deep_trees() -> None:
+    """Raise the recursion limit as far as the stack safely allows (see above); threads
+    get the main thread's stack size (glibc gives them 2 MiB when the limit is unlimited)."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
+    stack = soft
+    if soft == resource.RLIM_INFINITY:
+        stack = 8 << 20
+        threading.stack_size(stack)
+    frames = min(TREE_RECURSION_LIMIT, stack // STACK_BYTES_PER_FRAME)
+    if sys.getrecursionlimit() < frames:
+        sys.setrecursionlimit(frames)
+
+
 _state = {"json": False}
 
 
@@ -162,8 +183,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     _state["json"] = False
-    if sys.getrecursionlimit() < TREE_RECURSION_LIMIT:
-        sys.setrecursionlimit(TREE_RECURSION_LIMIT)
+    allow_deep_trees()
     try:
         rv = cli.main(args=argv, prog_name="lbk", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 
 import pytest
 
-from tests.helpers import lbk_proc, remove_tree
+from lbk.backend.local import LocalBackend
+from lbk.repo import pack as pack_mod
+from lbk.repo.repository import Repository
+from tests.helpers import PASSWORD, lbk_proc, remove_tree
+from tests.hostile import forge as F
 
 # Deeper than the default recursion limit allows (about two frames per level), and
 # shallow enough that the restored copy's path (target + source path) fits in PATH_MAX.
@@ -93,3 +98,26 @@ def _every_walk(tmp_path) -> None:
     ok("forget", "--keep-last", "1")
     ok("prune")
     ok("check", "--read-data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stack_kib", [1024, 2048, 8192])
+def test_a_forged_chain_deeper_than_any_path_is_a_clean_error_on_any_stack(tmp_path, stack_kib):
+    """lbk's recursion limit follows the stack it has (lbk.cli.main.allow_deep_trees): a
+    limit fixed for 8 MiB crashed (SIGSEGV) with ``ulimit -s 1024``, in C code that
+    recurses (generators, json)."""
+    root = str(tmp_path / "repo")
+    repo = Repository.create(LocalBackend(root), PASSWORD.encode())
+    t, _ = repo.save_blob(pack_mod.TREE, F.tree_json())
+    for _ in range(20_500):  # deeper than the highest limit lbk ever sets
+        t, _ = repo.save_blob(pack_mod.TREE, F.tree_json(F.node("d", "dir", subtree=t.hex())))
+    F.put_tree_snapshot(repo, F.tree_json(F.node("top", "dir", subtree=t.hex())), None, path="/x")
+    repo.close()
+
+    def small_stack() -> None:
+        resource.setrlimit(resource.RLIMIT_STACK, (stack_kib << 10, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    for args in (["ls", "-R", "latest"], ["check"], ["stats"]):
+        res = lbk_proc("-r", root, *args, preexec_fn=small_stack)
+        assert res.returncode == 1, (args, res.returncode, res.stderr[-300:])
+        assert "nested too deeply" in res.stderr

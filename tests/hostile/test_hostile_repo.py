@@ -392,9 +392,10 @@ TREES = [
           ("find", 1, r"abababab"), ("log", 1, r"abababab"), ("rollback", 1, r"abababab"), ("cat-tree", 1, r"abababab")]),
     # Deeper than lbk's recursion limit (lbk.cli.main.TREE_RECURSION_LIMIT frames) allows:
     # a clean error, never a crash of the C stack.
-    # restore stops earlier, where the path outgrows PATH_MAX, naming that directory.
+    # restore stops earlier, where the path outgrows PATH_MAX, naming that directory
+    # (on a stack below 8 MiB lbk's recursion limit is lower, and it stops there).
     Case("tree-chain-20000-deep", _chain(20_000),
-         [("ls", 1, r"nested too deeply"), ("restore", 1, r"error: \S*/top(/d)+: File name too long"), ("check", 1, r"nested too deeply"),
+         [("ls", 1, r"nested too deeply"), ("restore", 1, r"error: \S*/top(/d)+: File name too long|nested too deeply"), ("check", 1, r"nested too deeply"),
           ("find", 1, r"nested too deeply")]),
     Case("tree-subtree-is-a-data-blob", _dir_of(lambda p: p.file_blob),
          [("ls", 1, r"tree " + "{data}" + r": malformed tree")]),
