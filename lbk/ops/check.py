@@ -129,6 +129,7 @@ class Checker:
         self.emit = emit
         self.result = CheckResult()
         self.damaged: dict[bytes, str] = {}  # blob id -> reason
+        self.packs: dict[str, list[PackEntry]] = {}  # the index's, decoded by check_packs
         self.trees: dict[bytes, tuple[bytes, int]] = {}  # verified tree id -> (payload, raw length)
         self._trees_bytes = 0
         self._trees_lock = threading.Lock()
@@ -143,23 +144,24 @@ class Checker:
         for name in names:
             try:
                 data = self.repo.load_sealed(Handle(FileKind.INDEX, name))
-                loaded.append((name, index_mod.decode(data, f"index/{name}")))
+                loaded.append((name, index_mod.decode_records(data, f"index/{name}")))
             except _DAMAGE as e:
                 self.problem("index", name, e.message)
         superseded = {s for _, (sup, _) in loaded for s in sup}
         for name, (_sup, packs) in loaded:
             if name not in superseded:
-                for pack_id, entries in packs.items():
-                    idx.add_pack(pack_id, entries)
+                for pack_id, records in packs.items():
+                    idx.add_records(pack_id, records)
         self.repo.index = idx
         self.repo.index_loaded = True
         return idx
 
     def check_packs(self, idx: Index) -> dict[str, int]:
         sizes = {f.name: f.size for f in self.repo.backend.list(FileKind.DATA)}
-        self.result.packs = len(idx.packs)
+        self.packs = dict(idx.packs)  # decoded once: read_data goes over them again
+        self.result.packs = len(self.packs)
         self.result.blobs = len(idx)
-        for pack_id, entries in idx.packs.items():
+        for pack_id, entries in self.packs.items():
             if pack_id not in sizes:
                 self.problem("pack", pack_id, "pack is in the index but missing from the repository")
                 for e in entries:
@@ -168,7 +170,7 @@ class Checker:
                 self.problem("pack", pack_id, f"pack is truncated ({sizes[pack_id]} bytes)")
                 for e in entries:
                     self.damaged[e.id] = f"its pack {pack_id[:16]} is truncated"
-        self.result.unindexed_packs = len(set(sizes) - set(idx.packs))
+        self.result.unindexed_packs = len(set(sizes) - set(self.packs))
         return sizes
 
     def read_pack(self, pack_id: str, entries) -> list[tuple[bytes, str]]:
@@ -199,10 +201,10 @@ class Checker:
         return [(e.id, reason) for e, reason in bad]
 
     def read_data(self, idx: Index, subset: tuple | None) -> None:
-        packs = _select(sorted(idx.packs), subset)
+        packs = _select(sorted(self.packs), subset)
         done = 0
         with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as ex:
-            futures = [(p, ex.submit(self.read_pack, p, idx.packs[p])) for p in packs]
+            futures = [(p, ex.submit(self.read_pack, p, self.packs[p])) for p in packs]
             for pack_id, f in futures:
                 for bid, reason in f.result():
                     self.damaged[bid] = reason

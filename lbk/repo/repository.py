@@ -170,7 +170,7 @@ class Repository:
             names = [f.name for f in self.backend.list(FileKind.INDEX)]
 
             def load(name: str):
-                return name, index_mod.decode(self.load_sealed(Handle(FileKind.INDEX, name)), f"index/{name}")
+                return name, index_mod.decode_records(self.load_sealed(Handle(FileKind.INDEX, name)), f"index/{name}")
 
             try:
                 with ThreadPoolExecutor(4) as ex:
@@ -184,8 +184,8 @@ class Repository:
         for name, (_sup, packs) in loaded:
             if name in superseded:
                 continue
-            for pack_id, entries in packs.items():
-                idx.add_pack(pack_id, entries)
+            for pack_id, records in packs.items():
+                idx.add_records(pack_id, records)
         self.index = idx
         self.index_files = [n for n, _ in loaded if n not in superseded]
         self.index_loaded = True

@@ -310,3 +310,30 @@ def test_index_add_get_and_first_location_wins():
     assert idx.get(blob_id(2)) == BlobLocation(P1, TREE, 100, 41, 1)
     assert dict(idx.blobs()) == {blob_id(1): idx.get(blob_id(1)), blob_id(2): idx.get(blob_id(2))}
     assert set(idx.packs) == {P1, P2}
+    assert idx.packs[P2] == [PackEntry(DATA, blob_id(1), 7, 99, 60)]  # the duplicate stays listed
+    assert dict(idx.packs) == {P1: [E1, E2], P2: [PackEntry(DATA, blob_id(1), 7, 99, 60)]}
+
+
+def test_index_keeps_every_field_at_its_limits_across_many_packs():
+    """Locations are packed into one int per blob: no field may bleed into another."""
+    idx = Index()
+    top = 2**32 - 1
+    expect = {}
+    for n in range(3000):  # pack numbers past 2**11
+        pid = f"{n:064x}"
+        e = PackEntry(TREE if n % 2 else DATA, blob_id(n), top - n, top - 2 * n, top if n % 3 else 0)
+        idx.add_pack(pid, [e])
+        expect[e.id] = BlobLocation(pid, e.type, e.offset, e.length, e.raw_length)
+    assert all(idx.get(b) == loc for b, loc in expect.items())
+    assert dict(idx.blobs()) == expect
+
+
+def test_index_records_from_a_file_are_the_entries(tmp_path):
+    packs = {P1: [E1, E2], P2: [PackEntry(DATA, blob_id(3), 5, 77, 9)]}
+    sup, records = index_mod.decode_records(index_mod.encode(packs, [bytes(32)]), "index/x")
+    assert sup == ["00" * 32] and set(records) == {P1, P2}
+    idx = Index()
+    for pid, rec in records.items():
+        idx.add_records(pid, rec)
+    assert dict(idx.packs) == packs == index_mod.decode(index_mod.encode(packs), "index/x")[1]
+    assert idx.get(blob_id(3)) == BlobLocation(P2, DATA, 5, 77, 9)
