@@ -165,15 +165,7 @@ class Reader:
                 raise OSError(errno.EINVAL, "not a regular file any more")
             if strict and (before.st_size != expect.st_size or before.st_mtime_ns != expect.st_mtime_ns):
                 raise FileChanged
-            ids: list[bytes] = []
-            size = added = 0
-            save = self.repo.save_blob
-            for chunk in self._cdc().cut_stream(f):
-                bid, new = save(DATA, chunk.data)
-                ids.append(bid)
-                size += chunk.length
-                if new:
-                    added += chunk.length
+            ids, size, added = self._store(self._cdc().cut_stream(f))
             after = os.fstat(fd)
         if strict and (after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns or size != before.st_size):
             raise FileChanged
@@ -202,15 +194,20 @@ class Reader:
             raise FileChanged
         if not buf:
             return [], 0, 0
-        save = self.repo.save_blob
         if len(buf) <= self.repo.config.chunker.min:  # one chunk: no cutting
-            bid, new = save(DATA, buf)
+            bid, new = self.repo.save_blob(DATA, buf)
             return [bid], len(buf), len(buf) if new else 0
+        return self._store(self._cdc().cut_buf(buf))
+
+    def _store(self, chunks) -> tuple[list[bytes], int, int]:
+        """Save each chunk: (content ids, bytes, bytes newly stored)."""
+        save = self.repo.save_blob
         ids: list[bytes] = []
-        added = 0
-        for chunk in self._cdc().cut_buf(buf):
+        size = added = 0
+        for chunk in chunks:
             bid, new = save(DATA, chunk.data)
             ids.append(bid)
+            size += chunk.length
             if new:
                 added += chunk.length
-        return ids, len(buf), added
+        return ids, size, added
