@@ -11,7 +11,7 @@ from lbk.model import DIR, Node, Snapshot
 from lbk.ops.refs import Filter, resolve
 from lbk.ops.restore import tree_nodes
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import damaged_snapshots, load_all
+from lbk.repo.snapshots import damaged_named, load_all
 
 
 def list_snapshots(repo: Repository, flt: Filter = Filter(), latest: int | None = None) -> list[Snapshot]:
@@ -30,8 +30,8 @@ def find_snapshot(repo: Repository, ref: str, flt: Filter = Filter()) -> Snapsho
     try:
         return resolve(ref, snaps, flt)
     except RefError:
-        hits = [n for n in damaged_snapshots(repo) if n.startswith(ref)]
-        if len(hits) == 1 and not any(s.id.startswith(ref) for s in snaps):  # say why it is not there
+        hits = damaged_named(repo, ref, snaps)
+        if len(hits) == 1:  # say why it is not there
             raise FormatError(f"snapshot {hits[0][:8]} is damaged and cannot be read ('lbk check' names the damage)") from None
         raise
 

@@ -38,7 +38,7 @@ from lbk.model import Snapshot
 from lbk.ops import prune as prune_mod
 from lbk.ops.refs import Filter, resolve
 from lbk.repo.repository import Repository
-from lbk.repo.snapshots import damaged_snapshots, load_all, remove_snapshot
+from lbk.repo.snapshots import damaged_named, load_all, remove_snapshot
 
 _DURATION_PART = re.compile(r"(\d+)([ymdh])")
 _TIMESTAMP_NAME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?\Z")
@@ -246,9 +246,7 @@ def apply_policy(snaps: list[Snapshot], policy: Policy, now: datetime | None = N
 def _damaged_by_id(repo: Repository, ref: str, snaps: list[Snapshot]) -> str | None:
     """The damaged snapshot file ``ref`` (an id prefix) names, when no readable one matches:
     the way to remove a snapshot that cannot be read (prune refuses while one is there)."""
-    if not re.fullmatch(r"[0-9a-f]{4,64}", ref) or any(s.id.startswith(ref) for s in snaps):
-        return None
-    hits = [n for n in damaged_snapshots(repo) if n.startswith(ref)]
+    hits = damaged_named(repo, ref, snaps)
     if len(hits) > 1:
         raise RefError(f"snapshot id prefix {ref!r} is ambiguous ({len(hits)} snapshots match)")
     return hits[0] if hits else None

@@ -14,6 +14,7 @@ data a snapshot it cannot read uses.
 
 from __future__ import annotations
 
+import re
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Protocol
@@ -36,6 +37,7 @@ _observers: "weakref.WeakKeyDictionary[Repository, SnapshotObserver]" = weakref.
 _reporters: "weakref.WeakKeyDictionary[Repository, Callable[[str, str], None]]" = weakref.WeakKeyDictionary()
 _damaged: "weakref.WeakKeyDictionary[Repository, dict[str, str]]" = weakref.WeakKeyDictionary()
 DAMAGE = (IntegrityError, FormatError)
+_ID_PREFIX = re.compile(r"[0-9a-f]{4,64}")
 
 
 def observe(repo: Repository, observer: SnapshotObserver | None) -> None:
@@ -58,6 +60,14 @@ def on_damaged(repo: Repository, report: Callable[[str, str], None] | None) -> N
 def damaged_snapshots(repo: Repository) -> dict[str, str]:
     """The damaged snapshot files listings of ``repo`` skipped so far: name -> reason."""
     return dict(_damaged.get(repo, {}))
+
+
+def damaged_named(repo: Repository, ref: str, readable: list[Snapshot]) -> list[str]:
+    """The damaged snapshot files an id prefix ``ref`` names when no readable snapshot
+    matches it (to say why a REF fails, and for ``forget ID`` to remove them)."""
+    if not _ID_PREFIX.fullmatch(ref) or any(s.id.startswith(ref) for s in readable):
+        return []
+    return sorted(n for n in _damaged.get(repo, {}) if n.startswith(ref))
 
 
 def _skip_damaged(repo: Repository, name: str, message: str) -> None:
