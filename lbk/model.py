@@ -134,7 +134,8 @@ class Node:
 # datetime can show: about the years 900 to 6300 (wider than any file system keeps).
 MAX_ID = 2**32 - 1
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-TIME_NS_RANGE = (-(2**35) * 10**9, 2**37 * 10**9)
+MAX_DATE = 2**37  # seconds since the epoch: the latest time every listing and status can show
+TIME_NS_RANGE = (-(2**35) * 10**9, MAX_DATE * 10**9)
 
 
 def _short(v) -> str:

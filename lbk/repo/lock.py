@@ -21,11 +21,12 @@ from datetime import datetime, timezone
 
 from lbk.backend.base import BackendError, FileKind, Handle, NotFound
 from lbk.errors import FormatError, IntegrityError, LockFailed
+from lbk.model import MAX_DATE
 
 REFRESH = 300.0
 STALE = 1800.0
 RECHECK_DELAY = 0.1
-MIN_TIME, MAX_TIME = 0, 2**37  # seconds since the epoch that a lock's time may hold (a date `describe` can show)
+MIN_TIME, MAX_TIME = 0, MAX_DATE  # seconds since the epoch that a lock's time may hold (a date `describe` can show)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import blake3
 
 from lbk.cache import private_dir, write_private
+from lbk.model import MAX_DATE
 
 STATE_VERSION = 1
 
@@ -71,7 +72,7 @@ _TYPES = {"pid": int, "repository": str, "paths": list, "started": float, "updat
           "pending": int, "spool_files": int, "spool_bytes": int, "oldest_unsynced": float,
           "last_error": str, "last_error_time": float}
 _OPTIONAL = {"last_commit", "last_snapshot", "oldest_unsynced", "last_error", "last_error_time"}
-MAX_TIME = 2**37  # seconds: a date `lbk status` can show
+MAX_TIME = MAX_DATE  # seconds: a date `lbk status` can show
 
 
 def decode_state(raw: bytes) -> WatchState | None:
